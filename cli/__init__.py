@@ -1,0 +1,1 @@
+"""Thin click commands over the scorefpe library: parse, validate, call, write."""

@@ -1,0 +1,653 @@
+"""Differential operators on score functions: the only place scorefpe differentiates a score.
+
+A score function is any callable ``score_fn(x, t) -> tensor shaped like x`` with x of shape
+(B, ...) (flat (B, D) or images (B, C, H, W)) and t of shape (B,), same dtype and device. It must
+treat samples independently (no batch statistics): the exact operators evaluate it on a batch
+replicated along the batch axis, one replica per basis direction or probe.
+
+Notation (FP-Diffusion, Prop. 3.1; ../shared/docs/math.md): J = ds/dx (per sample, D x D,
+J[r, c] = d s_r / d x_c), D = number of entries per sample,
+
+    L[s]   = 1/2 g^2 div_x s + 1/2 g^2 |s|^2 - <f, s> - div_x f
+    eps[s] = d_t s - grad_x L[s]          (vector score-FPE residual; zero for a true score)
+
+Every operator comes in an exact variant and an estimated one that take the same arguments, so a
+test can hold one against the other. Costs are counted in evaluations of score_fn on a batch of B
+("F") and Jacobian-vector products ("JVP", one forward-mode pass, about 2-3 F).
+
+Differentiability: with ``create_graph=True`` the result stays in the autograd graph (parameters of
+score_fn and x, if it requires grad, receive gradients), as training penalties need. With the
+default ``create_graph=False`` results are detached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, TypeVar
+
+import torch
+
+from scorefpe.sde import SDE, bcast
+
+Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+LogProbFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = [
+    "DivergenceMethod",
+    "Probe",
+    "ResidualMethod",
+    "Stencil",
+    "STENCILS",
+    "TimeMethod",
+    "divergence",
+    "fp_operator",
+    "fp_residual",
+    "jacobian",
+    "jacobian_asymmetry_sq",
+    "jacobian_frobenius_sq",
+    "probes",
+    "scalar_fp_residual",
+    "time_derivative",
+]
+
+
+class DivergenceMethod(str, Enum):
+    """How a trace-type quantity of J is computed: exactly (D JVPs) or by Hutchinson probes."""
+
+    EXACT = "exact"
+    HUTCHINSON = "hutchinson"
+
+
+class Probe(str, Enum):
+    """Probe distribution of the stochastic estimators, both with E[v v^T] = I."""
+
+    GAUSSIAN = "gaussian"
+    RADEMACHER = "rademacher"
+
+
+class TimeMethod(str, Enum):
+    """How d_t s is computed: forward-mode autodiff in t, or a finite-difference stencil."""
+
+    EXACT = "exact"
+    CENTRAL = "central"
+    NONUNIFORM = "nonuniform"
+
+
+class ResidualMethod(str, Enum):
+    """Exact residual (forward-mode d_t s, exact divergence) or the estimated one of the papers
+    (finite-difference d_t s, Hutchinson divergence)."""
+
+    EXACT = "exact"
+    ESTIMATED = "estimated"
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def _choice(enum_cls: type[E], value: E | str, what: str) -> E:
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
+        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks: done once, at each public entry point.
+# --------------------------------------------------------------------------------------------
+
+
+def _as_time(t: Tensor | float, x: Tensor) -> Tensor:
+    if not isinstance(t, Tensor):
+        t = torch.tensor(float(t))
+    t = t.to(dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        return t.expand(x.shape[0])
+    if t.dim() == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.shape != (x.shape[0],):
+        raise ValueError(
+            f"t must be a scalar or have shape (B,) = ({x.shape[0]},) to match x of shape "
+            f"{tuple(x.shape)}; got t of shape {tuple(t.shape)}"
+        )
+    return t
+
+
+def _check_inputs(
+    x: Tensor, t: Tensor | float, t_min: float = 0.0, t_max: float | None = None
+) -> Tensor:
+    """Validate x (B, ...) and t, return t as a (B,) tensor in x's dtype and device."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"x must have a batch axis and at least one feature axis, shape (B, D) or "
+            f"(B, C, H, W); got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError("x has an empty batch (B = 0)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite values")
+    tt = _as_time(t, x)
+    if not bool(torch.isfinite(tt).all()):
+        raise ValueError("t contains NaN or infinite values")
+    lo = float(tt.min())
+    hi = float(tt.max())
+    if lo < t_min or (t_max is not None and hi > t_max):
+        raise ValueError(
+            f"t must lie in [t_min, T] = [{t_min}, {t_max}]; got values in [{lo}, {hi}]"
+        )
+    return tt
+
+
+def _check_output(s: Tensor, x: Tensor) -> Tensor:
+    if not isinstance(s, Tensor) or s.shape != x.shape:
+        got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+        raise ValueError(f"score_fn must return a tensor shaped like x {tuple(x.shape)}; got {got}")
+    return s
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def _dim(x: Tensor) -> int:
+    return int(math.prod(x.shape[1:]))
+
+
+def _finish(y: Tensor, create_graph: bool) -> Tensor:
+    return y if create_graph else y.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# Primitive: Jacobian-vector products in x and in t.
+# --------------------------------------------------------------------------------------------
+
+
+def _jvp(fn: Callable[[Tensor], Tensor], primal: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]:
+    """(fn(primal), J_fn(primal) tangent) by forward-mode AD (one pass, ~2-3 F).
+
+    Falls back to the double-backward trick (one forward, two backward passes) for operations
+    without forward-mode formulas. Both stay differentiable by reverse mode.
+    """
+    try:
+        return torch.func.jvp(fn, (primal,), (tangent,))
+    except (NotImplementedError, RuntimeError) as err:
+        if "forward" not in str(err).lower():
+            raise
+    with torch.enable_grad():
+        p = primal if primal.requires_grad else primal.detach().requires_grad_(True)
+        out = fn(p)
+        u = torch.zeros_like(out, requires_grad=True)
+        (vjp,) = torch.autograd.grad(out, p, u, create_graph=True, allow_unused=True)
+        if vjp is None:
+            return out, torch.zeros_like(out)
+        (jv,) = torch.autograd.grad(vjp, u, tangent, create_graph=True)
+    return out, jv
+
+
+def _jvp_x(score_fn: ScoreFn, x: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """s(x, t) and J v for a batch of tangents v shaped like x."""
+    return _jvp(lambda x_: score_fn(x_, t), x, v)
+
+
+def _replicate(x: Tensor, m: int) -> Tensor:
+    """(B, ...) -> (m * B, ...), replica-major."""
+    return x.unsqueeze(0).expand(m, *x.shape).reshape(m * x.shape[0], *x.shape[1:])
+
+
+def probes(
+    n_probes: int,
+    x: Tensor,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """n_probes independent probe vectors per sample, shape (n_probes, B, ...), E[v v^T] = I."""
+    kind = _choice(Probe, probe, "probe")
+    shape = (n_probes, *x.shape)
+    if kind is Probe.GAUSSIAN:
+        return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    bits = torch.randint(0, 2, shape, generator=generator, device=x.device)
+    return (2 * bits - 1).to(x.dtype)
+
+
+def _probe_jvps(score_fn: ScoreFn, x: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """For probes v of shape (K, B, ...): s (B, ...) and J v_k stacked as (K, B, ...)."""
+    k = v.shape[0]
+    s_rep, jv = _jvp_x(score_fn, _replicate(x, k), t.repeat(k), v.reshape(k * x.shape[0], *x.shape[1:]))
+    _check_output(s_rep, _replicate(x, k))
+    return s_rep[: x.shape[0]], jv.reshape(v.shape)
+
+
+def _basis_columns(
+    score_fn: ScoreFn, x: Tensor, t: Tensor, chunk_size: int | None
+) -> tuple[Tensor, list[tuple[int, Tensor]]]:
+    """s and the Jacobian columns J e_i in chunks: list of (first index i0, (m, B, D) columns)."""
+    b, d = x.shape[0], _dim(x)
+    m_max = d if chunk_size is None else max(1, int(chunk_size))
+    chunks: list[tuple[int, Tensor]] = []
+    s = None
+    for i0 in range(0, d, m_max):
+        m = min(m_max, d - i0)
+        eye = torch.zeros(m, b, d, dtype=x.dtype, device=x.device)
+        idx = torch.arange(m, device=x.device)
+        eye[idx, :, i0 + idx] = 1.0
+        s_c, jv = _probe_jvps(score_fn, x, t, eye.reshape(m, *x.shape))
+        if s is None:
+            s = s_c
+        chunks.append((i0, jv.reshape(m, b, d)))
+    assert s is not None
+    return s, chunks
+
+
+# --------------------------------------------------------------------------------------------
+# Jacobian quantities: divergence, Frobenius norm, antisymmetric part.
+# --------------------------------------------------------------------------------------------
+
+
+def _divergence_and_score(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    method: DivergenceMethod,
+    n_probes: int,
+    probe: Probe | str,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    if method is DivergenceMethod.EXACT:
+        s, chunks = _basis_columns(score_fn, x, t, chunk_size)
+        div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        for i0, cols in chunks:
+            m = cols.shape[0]
+            idx = torch.arange(m, device=x.device)
+            div = div + cols[idx, :, i0 + idx].sum(0)
+        return s, div
+    v = probes(n_probes, x, probe, generator)
+    s, jv = _probe_jvps(score_fn, x, t, v)
+    k = v.shape[0]
+    div = (v.reshape(k, x.shape[0], -1) * jv.reshape(k, x.shape[0], -1)).sum(-1).mean(0)
+    return s, div
+
+
+def _check_probes(n_probes: int) -> None:
+    if not isinstance(n_probes, int) or isinstance(n_probes, bool) or n_probes < 1:
+        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
+
+
+def divergence(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: DivergenceMethod | str = DivergenceMethod.EXACT,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """div_x s(x, t) = tr J, shape (B,).
+
+    exact: sum_i (J e_i)_i over the D basis vectors: D JVPs, batched as one evaluation on a
+        (D * B)-row replicated batch (``chunk_size`` basis vectors at a time to bound memory).
+        Error: float round-off.
+    hutchinson: 1/K sum_k v_k^T J v_k with K = n_probes probes (one JVP each, batched). Unbiased;
+        variance per probe 2 ||J_sym||_F^2 (Gaussian) or 2 (||J_sym||_F^2 - sum_i J_ii^2)
+        (Rademacher), J_sym = (J + J^T) / 2; divided by K.
+
+    Raises:
+        ValueError: bad shapes, NaN/inf input, unknown method/probe, n_probes < 1, or a score_fn
+            whose output is not shaped like x.
+    """
+    tt = _check_inputs(x, t)
+    m = _choice(DivergenceMethod, method, "divergence method")
+    _check_probes(n_probes)
+    _, div = _divergence_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
+    return _finish(div, create_graph)
+
+
+def jacobian(
+    score_fn: ScoreFn, x: Tensor, t: Tensor | float, *, chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """The full per-sample Jacobian J[b, r, c] = d s_r / d x_c of flattened s, shape (B, D, D).
+
+    Cost: D JVPs (batched). Memory B D^2: meant for small D and for testing the estimators.
+    """
+    tt = _check_inputs(x, t)
+    _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
+    cols = torch.cat([c for _, c in chunks], 0)  # (D, B, D): cols[c, b, r] = J[b, r, c]
+    return _finish(cols.permute(1, 2, 0), create_graph)
+
+
+def jacobian_frobenius_sq(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: DivergenceMethod | str = DivergenceMethod.EXACT,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """||J||_F^2 per sample, shape (B,).
+
+    exact: sum_i ||J e_i||^2 (D JVPs). hutchinson: 1/K sum_k ||J v_k||^2 (K JVPs); unbiased since
+    E[v v^T] = I; variance per probe 2 ||J^T J||_F^2 (Gaussian), 2 (||J^T J||_F^2 - sum_i
+    (J^T J)_ii^2) (Rademacher).
+    """
+    tt = _check_inputs(x, t)
+    m = _choice(DivergenceMethod, method, "method")
+    _check_probes(n_probes)
+    if m is DivergenceMethod.EXACT:
+        _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
+        out = sum(c.pow(2).sum((0, 2)) for _, c in chunks)
+        return _finish(out, create_graph)  # type: ignore[arg-type]
+    v = probes(n_probes, x, probe, generator)
+    _, jv = _probe_jvps(score_fn, x, tt, v)
+    out = jv.reshape(n_probes, x.shape[0], -1).pow(2).sum(-1).mean(0)
+    return _finish(out, create_graph)
+
+
+def jacobian_asymmetry_sq(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: DivergenceMethod | str = DivergenceMethod.EXACT,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """||J - J^T||_F^2 per sample, shape (B,): zero exactly when s is locally a gradient field.
+
+    In 2-D this is 2 curl^2 with curl = d_1 s_2 - d_2 s_1.
+    exact: from the full Jacobian (D JVPs, memory B D^2).
+    hutchinson: with independent probe pairs (u_k, v_k), 1/K sum_k (u^T J v - v^T J u)^2
+        (2K JVPs). Unbiased: E[(u^T A v)^2] = ||A||_F^2 for A = J - J^T when E[uu^T] = E[vv^T] = I.
+    """
+    tt = _check_inputs(x, t)
+    m = _choice(DivergenceMethod, method, "method")
+    _check_probes(n_probes)
+    if m is DivergenceMethod.EXACT:
+        _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
+        cols = torch.cat([c for _, c in chunks], 0)  # (D, B, D)
+        jac = cols.permute(1, 2, 0)
+        out = (jac - jac.transpose(1, 2)).pow(2).sum((1, 2))
+        return _finish(out, create_graph)
+    uv = probes(2 * n_probes, x, probe, generator)
+    _, juv = _probe_jvps(score_fn, x, tt, uv)
+    k, b = n_probes, x.shape[0]
+    u, v = uv[:k].reshape(k, b, -1), uv[k:].reshape(k, b, -1)
+    ju, jv = juv[:k].reshape(k, b, -1), juv[k:].reshape(k, b, -1)
+    out = ((u * jv).sum(-1) - (v * ju).sum(-1)).pow(2).mean(0)
+    return _finish(out, create_graph)
+
+
+# --------------------------------------------------------------------------------------------
+# Time derivative: forward-mode, or finite-difference stencils that stay inside [t_min, T].
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stencil:
+    """A finite-difference stencil for d_t s: d_t s(t) ~ sum_j weights[j] s(t + offsets[j]).
+
+    ``order`` is the promised truncation order (error O(h^order)); `scorefpe check` measures it.
+    """
+
+    name: str
+    offsets: tuple[float, ...]
+    weights: tuple[float, ...]
+    order: int
+
+    @property
+    def reach(self) -> tuple[float, float]:
+        """How far below and above t the stencil evaluates the model."""
+        return (-min(0.0, *self.offsets), max(0.0, *self.offsets))
+
+
+def central_stencil(h: float) -> Stencil:
+    """(s(t+h) - s(t-h)) / 2h, error h^2/6 s'''."""
+    return Stencil("central", (h, -h), (1 / (2 * h), -1 / (2 * h)), 2)
+
+
+def nonuniform_stencil(h_s: float, h_d: float) -> Stencil:
+    """FP-Diffusion App. C.1: [h_s^2 s(t+h_d) + (h_d^2-h_s^2) s(t) - h_d^2 s(t-h_s)] / (h_s h_d (h_s+h_d)).
+
+    Second order: error O(h_s h_d) s'''/6. Equals the central stencil when h_s = h_d.
+    """
+    den = h_s * h_d * (h_s + h_d)
+    return Stencil(
+        "nonuniform", (h_d, 0.0, -h_s), (h_s**2 / den, (h_d**2 - h_s**2) / den, -(h_d**2) / den), 2
+    )
+
+
+def forward_stencil(h: float) -> Stencil:
+    """One-sided (-3 s(t) + 4 s(t+h) - s(t+2h)) / 2h, second order (error h^2/3 s'''); near t_min."""
+    return Stencil("forward", (0.0, h, 2 * h), (-1.5 / h, 2 / h, -0.5 / h), 2)
+
+
+def backward_stencil(h: float) -> Stencil:
+    """One-sided (3 s(t) - 4 s(t-h) + s(t-2h)) / 2h, second order; near T."""
+    return Stencil("backward", (0.0, -h, -2 * h), (1.5 / h, -2 / h, 0.5 / h), 2)
+
+
+STENCILS: dict[str, Callable[..., Stencil]] = {
+    "central": central_stencil,
+    "nonuniform": nonuniform_stencil,
+    "forward": forward_stencil,
+    "backward": backward_stencil,
+}
+
+
+def _apply_stencil(score_fn: ScoreFn, x: Tensor, t: Tensor, st: Stencil) -> Tensor:
+    """sum_j w_j s(x, t + o_j), all offsets in one call on a replicated batch."""
+    pairs = [(o, w) for o, w in zip(st.offsets, st.weights) if w != 0.0]
+    m = len(pairs)
+    tt = torch.cat([t + o for o, _ in pairs])
+    out = _check_output(score_fn(_replicate(x, m), tt), _replicate(x, m))
+    out = out.reshape(m, *x.shape)
+    w = torch.tensor([w for _, w in pairs], dtype=x.dtype, device=x.device)
+    return (w.reshape(m, *([1] * x.dim())) * out).sum(0)
+
+
+def _fd_time_derivative(
+    score_fn: ScoreFn, x: Tensor, t: Tensor, interior: Stencil, h: float, t_min: float, t_max: float
+) -> Tensor:
+    """d_t s with `interior` where it fits in [t_min, t_max], one-sided stencils elsewhere."""
+    below, above = interior.reach
+    fwd, bwd = forward_stencil(h), backward_stencil(h)
+    # A small slack so that t exactly at t_min + h counts as inside (round-off in t + o).
+    tol = 1e-12 * max(1.0, abs(t_max))
+    use_int = (t - below >= t_min - tol) & (t + above <= t_max + tol)
+    use_fwd = ~use_int & (t + 2 * h <= t_max + tol)
+    use_bwd = ~use_int & ~use_fwd
+    if bool((use_bwd & (t - 2 * h < t_min - tol)).any()):
+        raise ValueError(
+            f"step h={h} is too large for [t_min, T] = [{t_min}, {t_max}]: no stencil fits"
+        )
+    out = torch.empty_like(x)
+    for mask, st in ((use_int, interior), (use_fwd, fwd), (use_bwd, bwd)):
+        if bool(mask.any()):
+            idx = mask.nonzero().squeeze(1)
+            out = out.index_put((idx,), _apply_stencil(score_fn, x[idx], t[idx], st))
+    return out
+
+
+def time_derivative(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: TimeMethod | str = TimeMethod.EXACT,
+    h: float = 1e-3,
+    h_s: float = 1e-3,
+    h_d: float = 5e-4,
+    t_min: float = 0.0,
+    t_max: float = 1.0,
+    create_graph: bool = False,
+) -> Tensor:
+    """d_t s(x, t), shaped like x.
+
+    exact: forward-mode AD in t (tangent 1): one JVP, round-off error only.
+    central: (s(t+h) - s(t-h)) / 2h, 2 F, error O(h^2).
+    nonuniform: FP-Diffusion's (h_s, h_d) stencil, 3 F (2 F when h_s = h_d), error O(h_s h_d).
+    For the finite differences, samples whose stencil would leave [t_min, t_max] use the
+    second-order one-sided stencil with step h (forward near t_min, backward near t_max), so the
+    model is never evaluated outside [t_min, t_max] (the VP std is NaN at t < 0).
+
+    Raises:
+        ValueError: t outside [t_min, t_max], non-positive steps, or no stencil fits.
+    """
+    tt = _check_inputs(x, t, t_min, t_max)
+    m = _choice(TimeMethod, method, "time-derivative method")
+    for name, val in (("h", h), ("h_s", h_s), ("h_d", h_d)):
+        if not (val > 0 and math.isfinite(val)):
+            raise ValueError(f"{name} must be positive and finite, got {val!r}")
+    if m is TimeMethod.EXACT:
+        s, dts = _jvp(lambda t_: score_fn(x, t_), tt, torch.ones_like(tt))
+        _check_output(s, x)
+        return _finish(dts, create_graph)
+    interior = central_stencil(h) if m is TimeMethod.CENTRAL else nonuniform_stencil(h_s, h_d)
+    out = _fd_time_derivative(score_fn, x, tt, interior, h, t_min, t_max)
+    return _finish(out, create_graph)
+
+
+# --------------------------------------------------------------------------------------------
+# The score-FPE operator and residuals.
+# --------------------------------------------------------------------------------------------
+
+
+def _fp_operator(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor,
+    method: DivergenceMethod,
+    n_probes: int,
+    probe: Probe | str,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> Tensor:
+    s, div = _divergence_and_score(score_fn, x, t, method, n_probes, probe, generator, chunk_size)
+    g2 = sde.diffusion(t) ** 2
+    f = sde.drift(x, t)
+    sf, ff = _flat(s), _flat(f)
+    return (
+        0.5 * g2 * div + 0.5 * g2 * sf.pow(2).sum(-1) - (ff * sf).sum(-1) - sde.div_drift(x, t)
+    )
+
+
+def fp_operator(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: DivergenceMethod | str = DivergenceMethod.EXACT,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """L[s](x, t) = 1/2 g^2 div_x s + 1/2 g^2 |s|^2 - <f, s> - div_x f, shape (B,).
+
+    For the true score L[s] = d_t log q_t (FP-Diffusion eq. 7): it is not zero, so it is not a
+    residual by itself. ``method`` is the divergence's (exact: D JVPs; hutchinson: K JVPs,
+    unbiased, variance g^4/4 times the divergence estimator's).
+    """
+    tt = _check_inputs(x, t, 0.0, sde.T)
+    m = _choice(DivergenceMethod, method, "divergence method")
+    _check_probes(n_probes)
+    out = _fp_operator(score_fn, sde, x, tt, m, n_probes, probe, generator, chunk_size)
+    return _finish(out, create_graph)
+
+
+def fp_residual(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: ResidualMethod | str = ResidualMethod.EXACT,
+    time_method: TimeMethod | str | None = None,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    h: float = 1e-3,
+    h_s: float = 1e-3,
+    h_d: float = 5e-4,
+    t_min: float = 0.0,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """Vector score-FPE residual eps[s] = d_t s - grad_x L[s] (FP-Diffusion eq. 9), shaped like x.
+
+    exact (default): d_t s by forward-mode AD, div_x s exactly (D JVPs), grad_x L by reverse
+        mode. Cost: about D + 1 JVPs and one backward through them. Round-off error only.
+    estimated: d_t s by finite differences (``time_method``, default FP-Diffusion's nonuniform
+        (h_s, h_d) stencil, one-sided near t_min and T) and div_x s by Hutchinson with
+        ``n_probes`` probes, then grad_x L by reverse mode. Unbiased for eps up to the O(h^2)
+        stencil error, since grad_x L is linear in the divergence estimate; its square is
+        biased upwards by the estimator's variance (E||eps_hat||^2 = ||eps||^2 + tr Cov).
+
+    ``time_method`` overrides the d_t s method of either mode. The model is evaluated only in
+    [t_min, sde.T].
+
+    Raises:
+        ValueError: bad shapes, NaN/inf, t outside [t_min, T], unknown methods.
+    """
+    tt = _check_inputs(x, t, t_min, sde.T)
+    m = _choice(ResidualMethod, method, "residual method")
+    _check_probes(n_probes)
+    if time_method is None:
+        tm = TimeMethod.EXACT if m is ResidualMethod.EXACT else TimeMethod.NONUNIFORM
+    else:
+        tm = _choice(TimeMethod, time_method, "time-derivative method")
+    dm = DivergenceMethod.EXACT if m is ResidualMethod.EXACT else DivergenceMethod.HUTCHINSON
+    with torch.enable_grad():
+        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        lop = _fp_operator(score_fn, sde, xg, tt, dm, n_probes, probe, generator, chunk_size)
+        (grad_l,) = torch.autograd.grad(lop.sum(), xg, create_graph=True)
+    dts = time_derivative(
+        score_fn, x, tt, method=tm, h=h, h_s=h_s, h_d=h_d, t_min=t_min, t_max=sde.T,
+        create_graph=True,
+    )
+    return _finish(dts - grad_l, create_graph)
+
+
+def scalar_fp_residual(
+    score_fn: ScoreFn,
+    log_prob_fn: LogProbFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Scalar score-FPE residual d_t log q_t(x) - L[s](x, t), shape (B,) (FP-Diffusion eq. 7).
+
+    Needs the log-density ``log_prob_fn(x, t) -> (B,)`` (a closed form, or a likelihood model);
+    d_t log q by forward-mode AD, L[s] with the exact divergence. Zero for the true score; the
+    only place where div_x f matters.
+    """
+    tt = _check_inputs(x, t, 0.0, sde.T)
+    lp, dt_lp = _jvp(lambda t_: log_prob_fn(x, t_), tt, torch.ones_like(tt))
+    if lp.shape != (x.shape[0],):
+        raise ValueError(f"log_prob_fn must return shape (B,) = ({x.shape[0]},); got {tuple(lp.shape)}")
+    lop = _fp_operator(score_fn, sde, x, tt, DivergenceMethod.EXACT, 1, Probe.GAUSSIAN, None, chunk_size)
+    return (dt_lp - lop).detach()

@@ -1,0 +1,1 @@
+"""Validation battery behind `scorefpe check`."""
