@@ -150,6 +150,29 @@ class GaussianMixture:
         resp = torch.softmax(logits, dim=-1)
         return (resp[..., None] * sol).sum(1)
 
+    def score_jacobian(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """Closed-form Hessian of log q_t, J[b, r, c] = d s_r / d x_c, shape (B, D, D).
+
+        J = sum_k w_k (u_k u_k^T - C_k^{-1}) - s s^T with u_k = C_k^{-1}(m_k - x): a ground truth
+        written from the formula, independent of the autodiff operators it is used to test.
+        """
+        logits, sol = self._component_terms(x, t, sde)
+        resp = torch.softmax(logits, dim=-1)
+        s = (resp[..., None] * sol).sum(1)
+        d = self.dim
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        a = sde.mean_coeff(t)
+        v = sde.marginal_var(t)
+        if self.isotropic:
+            c = a[:, None] ** 2 * self.covariances.to(x)[None] + v[:, None]
+            cinv = eye / c[..., None, None]
+        else:
+            cov = a[:, None, None, None] ** 2 * self.covariances.to(x)[None] + v[:, None, None, None] * eye
+            cinv = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+        outer = sol[..., :, None] * sol[..., None, :]
+        jac = (resp[..., None, None] * (outer - cinv)).sum(1)
+        return jac - s[:, :, None] * s[:, None, :]
+
     def score_fn(self, sde: SDE):
         """The closed-form score as a ``score_fn(x, t)`` callable for the operators."""
         return lambda x, t: self.score(x, t, sde)

@@ -1,0 +1,53 @@
+"""`scorefpe check`: the validation battery on a closed-form data set."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from scorefpe.data.synthetic import DATASETS
+from scorefpe.sde import make_sde
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(["gmm1d", "gmm2d", "gmm8"]), default="gmm2d",
+              show_default=True, help="Closed-form data set whose score is the reference.")
+@click.option("--sde", "sde_name", type=click.Choice(["vp", "ve"]), default="vp", show_default=True)
+@click.option("--t-min", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True),
+              default=1e-3, show_default=True, help="Smallest time checked (stencils stay above it).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write the results as JSON to this file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
+              help="Write a PNG figure of the convergence and estimator checks.")
+@click.option("--no-symbolic", is_flag=True, help="Skip the sympy cross-check section.")
+def check(dataset: str, sde_name: str, t_min: float, seed: int, json_path: str | None,
+          plot_path: str | None, no_symbolic: bool) -> None:
+    """Check the score-FPE operators against closed-form scores; exit 0 if all pass, 1 if not."""
+    from scorefpe.validation.battery import run_battery
+    from scorefpe.validation.report import atomic_write_text, format_table, plot_battery, to_json
+
+    if plot_path is not None and not plot_path.lower().endswith(".png"):
+        raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")
+    sde = make_sde(sde_name)
+    t0 = time.perf_counter()
+    try:
+        out = run_battery(dataset, sde, t_min=t_min, seed=seed, symbolic=not no_symbolic)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    elapsed = time.perf_counter() - t0
+    click.echo(f"scorefpe check: dataset={dataset} sde={sde_name} ({sde}) t_min={t_min} "
+               f"seed={seed} float64")
+    click.echo(format_table(out.results))
+    click.echo(f"time: {elapsed:.1f} s")
+    meta = {"dataset": dataset, "sde": sde_name, "sde_params": repr(sde), "t_min": t_min,
+            "seed": seed, "seconds": elapsed}
+    if json_path:
+        atomic_write_text(json_path, to_json(out.results, meta))
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        plot_battery(out.series, f"scorefpe check --dataset {dataset} --sde {sde_name}", plot_path)
+        click.echo(f"wrote {plot_path}")
+    sys.exit(0 if out.passed else 1)
