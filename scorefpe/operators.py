@@ -177,6 +177,8 @@ def _jvp(fn: Callable[[Tensor], Tensor], primal: Tensor, tangent: Tensor) -> tup
     Falls back to the double-backward trick (one forward, two backward passes) for operations
     without forward-mode formulas. Both stay differentiable by reverse mode.
     """
+    # Expanded (stride-0) views cannot carry a tangent: forward AD writes into the primal's storage.
+    primal, tangent = primal.contiguous(), tangent.contiguous()
     try:
         return torch.func.jvp(fn, (primal,), (tangent,))
     except (NotImplementedError, RuntimeError) as err:
