@@ -50,6 +50,8 @@ __all__ = [
     "jacobian_frobenius_sq",
     "probes",
     "scalar_fp_residual",
+    "score_and_divergence",
+    "score_and_jacobian_frobenius_sq",
     "time_derivative",
 ]
 
@@ -314,6 +316,53 @@ def divergence(
     _check_probes(n_probes)
     _, div = _divergence_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
     return _finish(div, create_graph)
+
+
+def score_and_divergence(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: DivergenceMethod | str = DivergenceMethod.EXACT,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """(s(x, t), div_x s) from one pass: the JVP's primal output is the score itself.
+
+    Same estimator and arguments as `divergence`. A training step that needs both the DSM term
+    and a divergence penalty saves one forward pass (and its backward) by calling this.
+    """
+    tt = _check_inputs(x, t)
+    m = _choice(DivergenceMethod, method, "divergence method")
+    _check_probes(n_probes)
+    s, div = _divergence_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
+    return _finish(s, create_graph), _finish(div, create_graph)
+
+
+def score_and_jacobian_frobenius_sq(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """(s(x, t), Hutchinson ||J||_F^2 = 1/K sum_k ||J v_k||^2) from one JVP pass.
+
+    Same estimator as `jacobian_frobenius_sq(method="hutchinson")`; shares the forward pass
+    with a loss on s.
+    """
+    tt = _check_inputs(x, t)
+    _check_probes(n_probes)
+    v = probes(n_probes, x, probe, generator)
+    s, jv = _probe_jvps(score_fn, x, tt, v)
+    out = jv.reshape(n_probes, x.shape[0], -1).pow(2).sum(-1).mean(0)
+    return _finish(s, create_graph), _finish(out, create_graph)
 
 
 def jacobian(

@@ -260,3 +260,26 @@ def test_time_derivative_bad_steps():
         time_derivative(lambda x, t: x, torch.ones(2, 1), 0.5, method="central", h=0.0)
     with pytest.raises(ValueError, match="too large"):
         time_derivative(lambda x, t: x, torch.ones(1, 1), 0.5, method="central", h=0.4, t_min=0.2, t_max=0.8)
+
+
+def test_score_and_estimates_share_one_pass_and_match():
+    from scorefpe.operators import score_and_divergence, score_and_jacobian_frobenius_sq
+
+    calls = []
+    a = torch.randn(3, 3, dtype=DT, generator=torch.Generator().manual_seed(5))
+
+    def fn(x, t):
+        calls.append(x.shape[0])
+        return torch.tanh(x @ a.T) * (1 + t[:, None])
+
+    x = torch.randn(6, 3, dtype=DT)
+    t = torch.full((6,), 0.3, dtype=DT)
+    s, div = score_and_divergence(fn, x, t, method="hutchinson", generator=torch.Generator().manual_seed(1))
+    assert calls == [6]
+    torch.testing.assert_close(s, fn(x, t))
+    ref = divergence(fn, x, t, method="hutchinson", generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(div, ref, rtol=1e-14, atol=1e-14)
+    s2, fro = score_and_jacobian_frobenius_sq(fn, x, t, generator=torch.Generator().manual_seed(2))
+    ref = jacobian_frobenius_sq(fn, x, t, method="hutchinson", generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(fro, ref, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(s2, s)
