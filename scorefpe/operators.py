@@ -25,10 +25,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, TypeVar
+from typing import Callable
 
 import torch
 
+from scorefpe._util import parse_choice
 from scorefpe.sde import SDE, bcast
 
 Tensor = torch.Tensor
@@ -84,19 +85,6 @@ class ResidualMethod(str, Enum):
 
     EXACT = "exact"
     ESTIMATED = "estimated"
-
-
-E = TypeVar("E", bound=Enum)
-
-
-def _choice(enum_cls: type[E], value: E | str, what: str) -> E:
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
-        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +202,7 @@ def probes(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """n_probes independent probe vectors per sample, shape (n_probes, B, ...), E[v v^T] = I."""
-    kind = _choice(Probe, probe, "probe")
+    kind = parse_choice(Probe, probe, "probe")
     shape = (n_probes, *x.shape)
     if kind is Probe.GAUSSIAN:
         return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -312,7 +300,7 @@ def divergence(
             whose output is not shaped like x.
     """
     tt = _check_inputs(x, t)
-    m = _choice(DivergenceMethod, method, "divergence method")
+    m = parse_choice(DivergenceMethod, method, "divergence method")
     _check_probes(n_probes)
     _, div = _divergence_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
     return _finish(div, create_graph)
@@ -336,7 +324,7 @@ def score_and_divergence(
     and a divergence penalty saves one forward pass (and its backward) by calling this.
     """
     tt = _check_inputs(x, t)
-    m = _choice(DivergenceMethod, method, "divergence method")
+    m = parse_choice(DivergenceMethod, method, "divergence method")
     _check_probes(n_probes)
     s, div = _divergence_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
     return _finish(s, create_graph), _finish(div, create_graph)
@@ -398,7 +386,7 @@ def jacobian_frobenius_sq(
     (J^T J)_ii^2) (Rademacher).
     """
     tt = _check_inputs(x, t)
-    m = _choice(DivergenceMethod, method, "method")
+    m = parse_choice(DivergenceMethod, method, "method")
     _check_probes(n_probes)
     if m is DivergenceMethod.EXACT:
         _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
@@ -430,7 +418,7 @@ def jacobian_asymmetry_sq(
         (2K JVPs). Unbiased: E[(u^T A v)^2] = ||A||_F^2 for A = J - J^T when E[uu^T] = E[vv^T] = I.
     """
     tt = _check_inputs(x, t)
-    m = _choice(DivergenceMethod, method, "method")
+    m = parse_choice(DivergenceMethod, method, "method")
     _check_probes(n_probes)
     if m is DivergenceMethod.EXACT:
         _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
@@ -564,7 +552,7 @@ def time_derivative(
         ValueError: t outside [t_min, t_max], non-positive steps, or no stencil fits.
     """
     tt = _check_inputs(x, t, t_min, t_max)
-    m = _choice(TimeMethod, method, "time-derivative method")
+    m = parse_choice(TimeMethod, method, "time-derivative method")
     for name, val in (("h", h), ("h_s", h_s), ("h_d", h_d)):
         if not (val > 0 and math.isfinite(val)):
             raise ValueError(f"{name} must be positive and finite, got {val!r}")
@@ -622,7 +610,7 @@ def fp_operator(
     unbiased, variance g^4/4 times the divergence estimator's).
     """
     tt = _check_inputs(x, t, 0.0, sde.T)
-    m = _choice(DivergenceMethod, method, "divergence method")
+    m = parse_choice(DivergenceMethod, method, "divergence method")
     _check_probes(n_probes)
     out = _fp_operator(score_fn, sde, x, tt, m, n_probes, probe, generator, chunk_size)
     return _finish(out, create_graph)
@@ -663,12 +651,12 @@ def fp_residual(
         ValueError: bad shapes, NaN/inf, t outside [t_min, T], unknown methods.
     """
     tt = _check_inputs(x, t, t_min, sde.T)
-    m = _choice(ResidualMethod, method, "residual method")
+    m = parse_choice(ResidualMethod, method, "residual method")
     _check_probes(n_probes)
     if time_method is None:
         tm = TimeMethod.EXACT if m is ResidualMethod.EXACT else TimeMethod.NONUNIFORM
     else:
-        tm = _choice(TimeMethod, time_method, "time-derivative method")
+        tm = parse_choice(TimeMethod, time_method, "time-derivative method")
     dm = DivergenceMethod.EXACT if m is ResidualMethod.EXACT else DivergenceMethod.HUTCHINSON
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
+from scorefpe._util import atomic_output, atomic_write_text  # noqa: F401  (re-exported for the CLI)
 from scorefpe.validation.result import CheckResult
 
 
@@ -26,20 +25,6 @@ def format_table(results: Sequence[CheckResult]) -> str:
     n_fail = sum(not r.passed for r in results)
     lines.append(f"{len(results) - n_fail} passed, {n_fail} failed")
     return "\n".join(lines)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_json(results: Sequence[CheckResult], meta: dict[str, Any]) -> str:
@@ -92,15 +77,8 @@ def plot_battery(series: dict, title: str, path: str | os.PathLike) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)

@@ -1,0 +1,47 @@
+"""Small shared helpers: parsing closed choices and writing files atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, TypeVar
+
+E = TypeVar("E", bound=Enum)
+
+
+def parse_choice(enum_cls: type[E], value: E | str, what: str) -> E:
+    """The member of ``enum_cls`` named by ``value``; ValueError naming it and the valid choices."""
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
+        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    On any error the temporary file is removed, so nothing half-written is left behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to ``path`` atomically (temporary file, then os.replace)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
