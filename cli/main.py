@@ -13,9 +13,11 @@ def main() -> None:
 
 def _register() -> None:
     # Each command module adds itself here; importing lazily keeps `scorefpe --help` fast.
-    from cli import check
+    from cli.check import check
+    from cli.data import data
 
-    main.add_command(check.check)
+    main.add_command(check)
+    main.add_command(data)
 
 
 _register()
