@@ -12,12 +12,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    # Each command module adds itself here; importing lazily keeps `scorefpe --help` fast.
+    from cli.bench import bench
     from cli.check import check
     from cli.data import data
+    from cli.lenet import lenet
+    from cli.train import train
 
-    main.add_command(check)
-    main.add_command(data)
+    for command in (check, data, train, bench, lenet):
+        main.add_command(command)
 
 
 _register()

@@ -1,0 +1,1 @@
+"""Evaluation: samplers of the reverse process, the LeNet feature extractor, sample metrics."""
