@@ -1,0 +1,367 @@
+"""Training losses: sigma-weighted DSM and the score penalties of the 2026 paper and FP-Diffusion.
+
+With x(t) = a(t) x(0) + sigma(t) z, z ~ N(0, I), t ~ U[t_min, T] and D entries per sample:
+
+    L_DSM = E || sigma(t) s(x(t), t) + z ||^2                 (2026 paper, eq. 7)
+    P_FP  = E || eps[s](x(t), t) ||^2                          (eq. 13; eps = d_t s - grad_x L[s])
+    P_SN  = 1/D E || s(x(t), t) ||^2                           (eq. 15)
+    P_JAC = 1/D E || grad_x s ||_F^2    (Hutchinson, K = 1)    (eq. 16)
+    P_DIV = 1/D E (div_x s)^2           (Hutchinson, K = 1)    (eq. 17)
+    R_FP  = alpha / D^m || omega(t) eps ||_2^m + beta | L[s] |  (FP-Diffusion, eq. 19)
+
+and the training objective L = L_DSM + lambda P (eq. 20). Every function here returns the
+per-sample quantity inside the expectation, shape (B,), so that the training loop reduces and
+logs each term. Every derivative of s is taken by `scorefpe.operators` with
+``create_graph=True`` (parameters receive gradients through it); nothing here differentiates.
+
+Estimator properties (K = 1 probe v, Gaussian unless told; J = ds/dx, J_sym = (J + J^T)/2):
+    P_JAC: ||J v||^2 / D is unbiased for ||J||_F^2 / D.
+    P_DIV: (v^T J v)^2 / D is *biased upwards*: E = ((div s)^2 + 2 ||J_sym||_F^2) / D (Gaussian),
+           ((div s)^2 + 2 (||J_sym||_F^2 - sum_i J_ii^2)) / D (Rademacher). This is the papers'
+           estimator (eq. 18 with K = 1, then squared); the bias is itself a Jacobian penalty.
+    P_FP:  ||eps_hat||^2 with the estimated residual (finite-difference d_t s, Hutchinson div)
+           is biased upwards by tr Cov(eps_hat) and by the O(h^2) stencil error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+import torch
+
+from scorefpe import operators
+from scorefpe.operators import Probe, ResidualMethod
+from scorefpe.sde import SDE, bcast
+
+Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = [
+    "LossTerms",
+    "Omega",
+    "Penalty",
+    "PenaltyConfig",
+    "divergence_penalty",
+    "dsm_loss",
+    "fp_diffusion_regulariser",
+    "fp_penalty",
+    "jacobian_penalty",
+    "penalized_dsm",
+    "score_norm_penalty",
+]
+
+
+class Penalty(str, Enum):
+    """The penalty P in L = L_DSM + lambda P. FPD is FP-Diffusion's R_FP (alpha/beta/omega/m)."""
+
+    NONE = "none"
+    FP = "fp"
+    SN = "sn"
+    JAC = "jac"
+    DIV = "div"
+    FPD = "fpd"
+
+
+class Omega(str, Enum):
+    """Time weight omega(t) of FP-Diffusion's residual term: 1 (MNIST) or g(t)^2 (CIFAR-10)."""
+
+    ONE = "one"
+    G2 = "g2"
+
+
+def _choice(enum_cls: type[Enum], value: object, what: str) -> Enum:
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
+        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
+
+
+def _dim(x: Tensor) -> int:
+    return int(math.prod(x.shape[1:]))
+
+
+def _t_floor(t_min: float, t: Tensor) -> float:
+    # t = t_min in float32 is 9.99999975e-06 < 1e-5: the operators' range check (in float64)
+    # would reject the lowest times the objective draws. The rounded value is what t can reach.
+    return min(float(t_min), float(torch.tensor(t_min, dtype=t.dtype)))
+
+
+def _wide(v: Tensor) -> Tensor:
+    """v in float32 at least (bf16/fp16 sums over D = 784 lose digits; float64 stays float64)."""
+    return v.to(torch.promote_types(v.dtype, torch.float32))
+
+
+def _sq_norm(v: Tensor) -> Tensor:
+    return v.reshape(v.shape[0], -1).pow(2).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample terms.
+# --------------------------------------------------------------------------------------------
+
+
+def dsm_loss(s: Tensor, z: Tensor, std: Tensor) -> Tensor:
+    """|| sigma(t) s(x(t), t) + z ||^2 per sample (2026 paper eq. 7), shape (B,).
+
+    s: the model's score at x(t) = a(t) x(0) + sigma(t) z, shaped like z; std: sigma(t), (B,).
+    Computed in float32 at least (the sum over D = 784 squares loses digits in bf16/fp16).
+    """
+    if s.shape != z.shape:
+        raise ValueError(f"s {tuple(s.shape)} and z {tuple(z.shape)} must have the same shape")
+    r = _wide(bcast(std, s)) * _wide(s) + _wide(z)
+    return _sq_norm(r)
+
+
+def score_norm_penalty(s: Tensor) -> Tensor:
+    """P_SN per sample: || s ||^2 / D, shape (B,). Reuses the DSM forward: no extra model call."""
+    return _sq_norm(_wide(s)) / _dim(s)
+
+
+def jacobian_penalty(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    probe: Probe | str = Probe.GAUSSIAN,
+    n_probes: int = 1,
+) -> Tensor:
+    """P_JAC per sample: ||J v||^2 / D (Hutchinson, K = n_probes), unbiased for ||J||_F^2 / D.
+
+    Cost: one JVP of score_fn (about 2-3 F) plus the backward through it. Shape (B,).
+    """
+    j2 = operators.jacobian_frobenius_sq(
+        score_fn, x, t, method="hutchinson", n_probes=n_probes, probe=probe,
+        generator=generator, create_graph=True,
+    )
+    return j2 / _dim(x)
+
+
+def divergence_penalty(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    probe: Probe | str = Probe.GAUSSIAN,
+    n_probes: int = 1,
+) -> Tensor:
+    """P_DIV per sample: (Hutchinson div_x s)^2 / D with K = n_probes probes, shape (B,).
+
+    Biased upwards by the estimator's variance / D (see the module docstring): with Gaussian
+    probes E = ((div s)^2 + 2 ||J_sym||_F^2 / K) / D. Cost: one JVP plus its backward.
+    """
+    div = operators.divergence(
+        score_fn, x, t, method="hutchinson", n_probes=n_probes, probe=probe,
+        generator=generator, create_graph=True,
+    )
+    return div.pow(2) / _dim(x)
+
+
+def fp_penalty(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor,
+    *,
+    t_min: float,
+    generator: torch.Generator | None = None,
+    probe: Probe | str = Probe.GAUSSIAN,
+    method: ResidualMethod | str = ResidualMethod.ESTIMATED,
+) -> Tensor:
+    """P_FP per sample: || eps[s](x, t) ||^2 (2026 paper eq. 13; no 1/D), shape (B,).
+
+    eps from ``operators.fp_residual`` (default ``method="estimated"``: FP-Diffusion's
+    nonuniform stencil for d_t s, one-sided near t_min and T so that s is never evaluated
+    outside [t_min, T]; Hutchinson K = 1 for div s). Cost (estimated): 3 F for d_t s, one JVP and
+    a double backward for grad_x L, and the backward of all of it.
+    """
+    eps = operators.fp_residual(
+        score_fn, sde, x, t, method=method, probe=probe, generator=generator,
+        t_min=_t_floor(t_min, t), create_graph=True,
+    )
+    return _sq_norm(eps)
+
+
+def fp_diffusion_regulariser(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor,
+    *,
+    alpha: float,
+    beta: float = 0.0,
+    omega: Omega | str = Omega.ONE,
+    m: int = 1,
+    t_min: float,
+    generator: torch.Generator | None = None,
+    probe: Probe | str = Probe.GAUSSIAN,
+    method: ResidualMethod | str = ResidualMethod.ESTIMATED,
+) -> Tensor:
+    """FP-Diffusion's R_FP per sample (their eq. 19 integrand), shape (B,):
+
+        alpha / D^m || omega(t) eps[s](x, t) ||_2^m + beta | L[s](x, t) |
+
+    omega(t) = 1 or g(t)^2; (alpha, beta, omega, m) = (0.1..1, 0, 1, 1) for their MNIST runs and
+    (0.15, 0.01, g^2, 2) for CIFAR-10. L[s] uses the Hutchinson divergence (K = 1), so its
+    absolute value is biased upwards. Note L[s] = d_t log q_t is not zero for the true score:
+    the beta term is FP-Diffusion's "time-derivative taming", not a residual.
+
+    Raises:
+        ValueError: alpha or beta negative / non-finite, m not a positive integer, unknown omega.
+    """
+    for name, val in (("alpha", alpha), ("beta", beta)):
+        if not (val >= 0 and math.isfinite(val)):
+            raise ValueError(f"{name} must be >= 0 and finite, got {val!r}")
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive integer, got {m!r}")
+    om = _choice(Omega, omega, "omega")
+    d = _dim(x)
+    out = torch.zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    if alpha > 0:
+        eps = operators.fp_residual(
+            score_fn, sde, x, t, method=method, probe=probe, generator=generator,
+            t_min=_t_floor(t_min, t), create_graph=True,
+        )
+        w = torch.ones_like(t) if om is Omega.ONE else sde.diffusion(t) ** 2
+        norm = _wide(bcast(w, eps) * eps).reshape(x.shape[0], -1).norm(dim=-1)
+        out = out + alpha / d**m * norm**m
+    if beta > 0:
+        lop = operators.fp_operator(
+            score_fn, sde, x, t, method="hutchinson", probe=probe, generator=generator,
+            create_graph=True,
+        )
+        out = out + beta * _wide(lop).abs()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The objective L = L_DSM + lambda P on one batch.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Per-sample loss terms and their weights: total = sum_k weights[k] * mean(terms[k]).
+
+    terms[k] has shape (B_k,) (B_k = B, or a sub-batch size for a sub-sampled penalty), unweighted,
+    so that each term can be logged on its own scale.
+    """
+
+    terms: dict[str, Tensor]
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def total(self) -> Tensor:
+        """sum_k weights[k] * mean(terms[k]) as a scalar (float32 or wider)."""
+        out = None
+        for k, v in self.terms.items():
+            w = self.weights.get(k, 1.0)
+            if w == 0.0:
+                continue
+            val = w * _wide(v).mean()
+            out = val if out is None else out + val
+        if out is None:
+            raise ValueError("LossTerms has no term with a non-zero weight")
+        return out
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """Which penalty, its weight, and the estimator settings. Validated on construction.
+
+    penalty/lam: P and lambda in L = L_DSM + lambda P (for FPD, lam multiplies R_FP; the paper's
+        form has lam = 1 and the strength in alpha, beta).
+    t_min: lower end of t ~ U[t_min, T] (1e-5 for images, 1e-3 for 2-D data); also the bound the
+        finite-difference d_t s must respect.
+    probe: Hutchinson probe distribution (K = 1, as in both papers).
+    sub_batch: when set, the penalty is evaluated on the first `sub_batch` samples of the batch
+        only: unbiased for the batch mean (samples are i.i.d.), variance larger by B / sub_batch,
+        cost smaller by about the same factor.
+    alpha, beta, omega, m: FP-Diffusion's R_FP (penalty FPD only).
+    """
+
+    penalty: Penalty = Penalty.NONE
+    lam: float = 0.0
+    t_min: float = 1e-5
+    probe: Probe = Probe.GAUSSIAN
+    sub_batch: int | None = None
+    alpha: float = 0.1
+    beta: float = 0.0
+    omega: Omega = Omega.ONE
+    m: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "penalty", _choice(Penalty, self.penalty, "penalty"))
+        object.__setattr__(self, "probe", _choice(Probe, self.probe, "probe"))
+        object.__setattr__(self, "omega", _choice(Omega, self.omega, "omega"))
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lam must be >= 0 and finite, got {self.lam!r}")
+        if not (0 < self.t_min < 1):
+            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min!r}")
+        if self.sub_batch is not None and (
+            isinstance(self.sub_batch, bool) or not isinstance(self.sub_batch, int)
+            or self.sub_batch < 1
+        ):
+            raise ValueError(f"sub_batch must be a positive integer or None, got {self.sub_batch!r}")
+        for name in ("alpha", "beta"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be >= 0 and finite, got {v!r}")
+        if isinstance(self.m, bool) or not isinstance(self.m, int) or self.m < 1:
+            raise ValueError(f"m must be a positive integer, got {self.m!r}")
+
+
+def penalized_dsm(
+    model: ScoreFn,
+    sde: SDE,
+    x0: Tensor,
+    t: Tensor,
+    z: Tensor,
+    cfg: PenaltyConfig,
+    *,
+    generator: torch.Generator | None = None,
+    penalty_model: ScoreFn | None = None,
+) -> LossTerms:
+    """L_DSM and lambda P on one batch with given times and noises, as per-sample terms.
+
+    x0: clean data (B, ...); t: (B,) in [t_min, T]; z: N(0, I) noise shaped like x0;
+    generator: draws the Hutchinson probes. penalty_model: the same network to hand to the
+    operators when ``model`` is a wrapper that torch.func cannot trace (DDP); default ``model``.
+
+    Returns LossTerms with "dsm" (weight 1) and, unless penalty is NONE, the penalty under its
+    name ("fp", "sn", "jac", "div", "fpd") with weight lam. Cost: one forward for DSM, plus
+    the penalty's (see each function).
+    """
+    mean, std = sde.marginal(x0, t)
+    xt = mean + bcast(std, x0) * z
+    s = model(xt, t)
+    terms = {"dsm": dsm_loss(s, z, std)}
+    weights = {"dsm": 1.0}
+    p = cfg.penalty
+    if p is Penalty.NONE:
+        return LossTerms(terms, weights)
+    k = x0.shape[0] if cfg.sub_batch is None else min(cfg.sub_batch, x0.shape[0])
+    xs, ts = xt[:k].detach(), t[:k]
+    net = penalty_model if penalty_model is not None else model
+    if p is Penalty.SN:
+        pen = score_norm_penalty(s[:k])
+    elif p is Penalty.JAC:
+        pen = jacobian_penalty(net, xs, ts, generator=generator, probe=cfg.probe)
+    elif p is Penalty.DIV:
+        pen = divergence_penalty(net, xs, ts, generator=generator, probe=cfg.probe)
+    elif p is Penalty.FP:
+        pen = fp_penalty(net, sde, xs, ts, t_min=cfg.t_min, generator=generator, probe=cfg.probe)
+    else:
+        pen = fp_diffusion_regulariser(
+            net, sde, xs, ts, alpha=cfg.alpha, beta=cfg.beta, omega=cfg.omega, m=cfg.m,
+            t_min=cfg.t_min, generator=generator, probe=cfg.probe,
+        )
+    terms[p.value] = _wide(pen)
+    weights[p.value] = float(cfg.lam)
+    return LossTerms(terms, weights)

@@ -1,0 +1,37 @@
+"""The DSM(+penalty) objective as a training-loop loss function (draws t, z, probes per step)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from scorefpe.penalties import LossTerms, PenaltyConfig, penalized_dsm
+from scorefpe.sde import SDE
+from scorefpe.training.randomness import StepContext
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel's forward cannot run under torch.func transforms; the operators get
+    # the wrapped module (same parameters: their gradients still reach DDP's reducer hooks).
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def dsm_objective(sde: SDE, cfg: PenaltyConfig):
+    """Loss function ``(model, x0, ctx) -> LossTerms`` for L = L_DSM + lambda P (2026 paper eq. 20).
+
+    Per step: t = t_min + (T - t_min) u with u ~ U[0, 1), z ~ N(0, I), both drawn for the global
+    batch from the step's shared "noise" stream (so data-parallel runs draw what one process
+    draws); Hutchinson probes from the per-rank "probe" stream. See ``penalized_dsm`` for terms
+    and costs.
+    """
+
+    def loss_fn(model: nn.Module, x0, ctx: StepContext) -> LossTerms:
+        gen = ctx.generator("noise", per_rank=False)
+        u = ctx.rand_rows(x0.shape[0], gen, x0.dtype)
+        t = cfg.t_min + (sde.T - cfg.t_min) * u
+        z = ctx.randn_rows(tuple(x0.shape), gen, x0.dtype)
+        probe_gen = ctx.generator("probe", per_rank=True)
+        return penalized_dsm(
+            model, sde, x0, t, z, cfg, generator=probe_gen, penalty_model=_unwrap(model)
+        )
+
+    return loss_fn
