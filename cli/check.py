@@ -1,4 +1,5 @@
-"""`scorefpe check`: the validation battery on a closed-form data set."""
+"""`scorefpe check`: the validation battery on a closed-form data set, or with --model the
+score-FPE report of a user's own score model (cli/modelcheck.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import click
 
-from scorefpe.data.synthetic import DATASETS
+from cli.modelcheck import add_model_options, run_model_check
 from scorefpe.sde import make_sde
 
 
@@ -23,9 +24,17 @@ from scorefpe.sde import make_sde
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
               help="Write a PNG figure of the convergence and estimator checks.")
 @click.option("--no-symbolic", is_flag=True, help="Skip the sympy cross-check section.")
+@add_model_options(skip=("sde", "seed"))
 def check(dataset: str, sde_name: str, t_min: float, seed: int, json_path: str | None,
-          plot_path: str | None, no_symbolic: bool) -> None:
-    """Check the score-FPE operators against closed-form scores; exit 0 if all pass, 1 if not."""
+          plot_path: str | None, no_symbolic: bool, **model_kw) -> None:
+    """Check the score-FPE operators against closed-form scores (exit 0 if all pass, 1 if not),
+    or, with --model, report how far a user's score model is from the score FPE."""
+    if model_kw["model"] is not None:
+        run_model_check(sde=sde_name, seed=seed, **model_kw)
+        return
+    given = [f"--{k.replace('_', '-')}" for k in ("data", "shape", "out") if model_kw[k] is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply to a model check: add --model SPEC")
     from scorefpe.validation.battery import run_battery
     from scorefpe.validation.report import atomic_write_text, format_table, plot_battery, to_json
 
