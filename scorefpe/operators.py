@@ -13,7 +13,8 @@ J[r, c] = d s_r / d x_c), D = number of entries per sample,
 
 Every operator comes in an exact variant and an estimated one that take the same arguments, so a
 test can hold one against the other. Costs are counted in evaluations of score_fn on a batch of B
-("F") and Jacobian-vector products ("JVP", one forward-mode pass, about 2-3 F).
+("F"), vector-Jacobian products ("VJP": v^T J by one backward pass, about 2 F, on a batch
+replicated once per probe or basis vector) and the forward-mode JVP in t (about 2-3 F).
 
 Differentiability: with ``create_graph=True`` the result stays in the autograd graph (parameters of
 score_fn and x, if it requires grad, receive gradients), as training penalties need. With the
@@ -58,7 +59,7 @@ __all__ = [
 
 
 class DivergenceMethod(str, Enum):
-    """How a trace-type quantity of J is computed: exactly (D JVPs) or by Hutchinson probes."""
+    """How a trace-type quantity of J is computed: exactly (D VJPs) or by Hutchinson probes."""
 
     EXACT = "exact"
     HUTCHINSON = "hutchinson"
@@ -130,7 +131,9 @@ def _check_inputs(
         raise ValueError("t contains NaN or infinite values")
     lo = float(tt.min())
     hi = float(tt.max())
-    if lo < t_min or (t_max is not None and hi > t_max):
+    # t_min = 1e-5 stored in float32 is 9.99999975e-06: allow the rounding of t's own dtype.
+    eps = 4 * torch.finfo(tt.dtype).eps
+    if lo < t_min - eps * abs(t_min) or (t_max is not None and hi > t_max + eps * abs(t_max)):
         raise ValueError(
             f"t must lie in [t_min, T] = [{t_min}, {t_max}]; got values in [{lo}, {hi}]"
         )
@@ -185,11 +188,6 @@ def _jvp(fn: Callable[[Tensor], Tensor], primal: Tensor, tangent: Tensor) -> tup
     return out, jv
 
 
-def _jvp_x(score_fn: ScoreFn, x: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """s(x, t) and J v for a batch of tangents v shaped like x."""
-    return _jvp(lambda x_: score_fn(x_, t), x, v)
-
-
 def _replicate(x: Tensor, m: int) -> Tensor:
     """(B, ...) -> (m * B, ...), replica-major."""
     return x.unsqueeze(0).expand(m, *x.shape).reshape(m * x.shape[0], *x.shape[1:])
@@ -210,18 +208,33 @@ def probes(
     return (2 * bits - 1).to(x.dtype)
 
 
-def _probe_jvps(score_fn: ScoreFn, x: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """For probes v of shape (K, B, ...): s (B, ...) and J v_k stacked as (K, B, ...)."""
-    k = v.shape[0]
-    s_rep, jv = _jvp_x(score_fn, _replicate(x, k), t.repeat(k), v.reshape(k * x.shape[0], *x.shape[1:]))
-    _check_output(s_rep, _replicate(x, k))
-    return s_rep[: x.shape[0]], jv.reshape(v.shape)
+def _probe_vjps(score_fn: ScoreFn, x: Tensor, t: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """For probes v of shape (K, B, ...): s (B, ...) and J^T v_k stacked as (K, B, ...).
+
+    Reverse mode on a K-fold replicated batch: one forward and one backward (create_graph, so the
+    result can be differentiated again). Reverse mode, not forward-mode JVPs, because on CPU
+    torch's forward-mode convolution and GroupNorm cost 8-28x their plain forward.
+    Every trace-type estimator needs only J^T v: v^T J v = <v, J^T v>, E||J^T v||^2 = ||J||_F^2.
+    """
+    k, b = v.shape[0], x.shape[0]
+    xr = _replicate(x, k)
+    if not xr.requires_grad:
+        xr = xr.detach().requires_grad_(True)
+    with torch.enable_grad():
+        s_rep = _check_output(score_fn(xr, t.repeat(k)), xr)
+        (u,) = torch.autograd.grad(
+            s_rep, xr, v.reshape(k * b, *x.shape[1:]), create_graph=True, allow_unused=True
+        )
+    if u is None:  # the score does not depend on x
+        u = torch.zeros_like(xr)
+    return s_rep[:b], u.reshape(v.shape)
 
 
-def _basis_columns(
+def _basis_rows(
     score_fn: ScoreFn, x: Tensor, t: Tensor, chunk_size: int | None
 ) -> tuple[Tensor, list[tuple[int, Tensor]]]:
-    """s and the Jacobian columns J e_i in chunks: list of (first index i0, (m, B, D) columns)."""
+    """s and the Jacobian rows J^T e_i in chunks: list of (first index i0, (m, B, D) rows), with
+    rows[i - i0, b, c] = J[b, i, c]."""
     b, d = x.shape[0], _dim(x)
     m_max = d if chunk_size is None else max(1, int(chunk_size))
     chunks: list[tuple[int, Tensor]] = []
@@ -231,12 +244,17 @@ def _basis_columns(
         eye = torch.zeros(m, b, d, dtype=x.dtype, device=x.device)
         idx = torch.arange(m, device=x.device)
         eye[idx, :, i0 + idx] = 1.0
-        s_c, jv = _probe_jvps(score_fn, x, t, eye.reshape(m, *x.shape))
+        s_c, rows = _probe_vjps(score_fn, x, t, eye.reshape(m, *x.shape))
         if s is None:
             s = s_c
-        chunks.append((i0, jv.reshape(m, b, d)))
+        chunks.append((i0, rows.reshape(m, b, d)))
     assert s is not None
     return s, chunks
+
+
+def _full_jacobian(score_fn: ScoreFn, x: Tensor, t: Tensor, chunk_size: int | None) -> Tensor:
+    _, chunks = _basis_rows(score_fn, x, t, chunk_size)
+    return torch.cat([r for _, r in chunks], 0).permute(1, 0, 2)  # (B, D, D): J[b, r, c]
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,7 +273,7 @@ def _divergence_and_score(
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
     if method is DivergenceMethod.EXACT:
-        s, chunks = _basis_columns(score_fn, x, t, chunk_size)
+        s, chunks = _basis_rows(score_fn, x, t, chunk_size)
         div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for i0, cols in chunks:
             m = cols.shape[0]
@@ -263,7 +281,7 @@ def _divergence_and_score(
             div = div + cols[idx, :, i0 + idx].sum(0)
         return s, div
     v = probes(n_probes, x, probe, generator)
-    s, jv = _probe_jvps(score_fn, x, t, v)
+    s, jv = _probe_vjps(score_fn, x, t, v)
     k = v.shape[0]
     div = (v.reshape(k, x.shape[0], -1) * jv.reshape(k, x.shape[0], -1)).sum(-1).mean(0)
     return s, div
@@ -288,10 +306,10 @@ def divergence(
 ) -> Tensor:
     """div_x s(x, t) = tr J, shape (B,).
 
-    exact: sum_i (J e_i)_i over the D basis vectors: D JVPs, batched as one evaluation on a
+    exact: sum_i (e_i^T J)_i over the D basis vectors: D VJPs, batched as one evaluation on a
         (D * B)-row replicated batch (``chunk_size`` basis vectors at a time to bound memory).
         Error: float round-off.
-    hutchinson: 1/K sum_k v_k^T J v_k with K = n_probes probes (one JVP each, batched). Unbiased;
+    hutchinson: 1/K sum_k v_k^T J v_k with K = n_probes probes (one VJP each, batched). Unbiased;
         variance per probe 2 ||J_sym||_F^2 (Gaussian) or 2 (||J_sym||_F^2 - sum_i J_ii^2)
         (Rademacher), J_sym = (J + J^T) / 2; divided by K.
 
@@ -318,7 +336,7 @@ def score_and_divergence(
     chunk_size: int | None = None,
     create_graph: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(s(x, t), div_x s) from one pass: the JVP's primal output is the score itself.
+    """(s(x, t), div_x s) from one pass: the VJP's forward output is the score itself.
 
     Same estimator and arguments as `divergence`. A training step that needs both the DSM term
     and a divergence penalty saves one forward pass (and its backward) by calling this.
@@ -340,7 +358,7 @@ def score_and_jacobian_frobenius_sq(
     generator: torch.Generator | None = None,
     create_graph: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(s(x, t), Hutchinson ||J||_F^2 = 1/K sum_k ||J v_k||^2) from one JVP pass.
+    """(s(x, t), Hutchinson ||J||_F^2 = 1/K sum_k ||v_k^T J||^2) from one VJP pass.
 
     Same estimator as `jacobian_frobenius_sq(method="hutchinson")`; shares the forward pass
     with a loss on s.
@@ -348,7 +366,7 @@ def score_and_jacobian_frobenius_sq(
     tt = _check_inputs(x, t)
     _check_probes(n_probes)
     v = probes(n_probes, x, probe, generator)
-    s, jv = _probe_jvps(score_fn, x, tt, v)
+    s, jv = _probe_vjps(score_fn, x, tt, v)
     out = jv.reshape(n_probes, x.shape[0], -1).pow(2).sum(-1).mean(0)
     return _finish(s, create_graph), _finish(out, create_graph)
 
@@ -359,12 +377,10 @@ def jacobian(
 ) -> Tensor:
     """The full per-sample Jacobian J[b, r, c] = d s_r / d x_c of flattened s, shape (B, D, D).
 
-    Cost: D JVPs (batched). Memory B D^2: meant for small D and for testing the estimators.
+    Cost: D VJPs (batched). Memory B D^2: meant for small D and for testing the estimators.
     """
     tt = _check_inputs(x, t)
-    _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
-    cols = torch.cat([c for _, c in chunks], 0)  # (D, B, D): cols[c, b, r] = J[b, r, c]
-    return _finish(cols.permute(1, 2, 0), create_graph)
+    return _finish(_full_jacobian(score_fn, x, tt, chunk_size), create_graph)
 
 
 def jacobian_frobenius_sq(
@@ -381,7 +397,7 @@ def jacobian_frobenius_sq(
 ) -> Tensor:
     """||J||_F^2 per sample, shape (B,).
 
-    exact: sum_i ||J e_i||^2 (D JVPs). hutchinson: 1/K sum_k ||J v_k||^2 (K JVPs); unbiased since
+    exact: sum_i ||e_i^T J||^2 (D VJPs). hutchinson: 1/K sum_k ||v_k^T J||^2 (K VJPs); unbiased since
     E[v v^T] = I; variance per probe 2 ||J^T J||_F^2 (Gaussian), 2 (||J^T J||_F^2 - sum_i
     (J^T J)_ii^2) (Rademacher).
     """
@@ -389,11 +405,11 @@ def jacobian_frobenius_sq(
     m = parse_choice(DivergenceMethod, method, "method")
     _check_probes(n_probes)
     if m is DivergenceMethod.EXACT:
-        _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
+        _, chunks = _basis_rows(score_fn, x, tt, chunk_size)
         out = sum(c.pow(2).sum((0, 2)) for _, c in chunks)
         return _finish(out, create_graph)  # type: ignore[arg-type]
     v = probes(n_probes, x, probe, generator)
-    _, jv = _probe_jvps(score_fn, x, tt, v)
+    _, jv = _probe_vjps(score_fn, x, tt, v)
     out = jv.reshape(n_probes, x.shape[0], -1).pow(2).sum(-1).mean(0)
     return _finish(out, create_graph)
 
@@ -413,21 +429,19 @@ def jacobian_asymmetry_sq(
     """||J - J^T||_F^2 per sample, shape (B,): zero exactly when s is locally a gradient field.
 
     In 2-D this is 2 curl^2 with curl = d_1 s_2 - d_2 s_1.
-    exact: from the full Jacobian (D JVPs, memory B D^2).
+    exact: from the full Jacobian (D VJPs, memory B D^2).
     hutchinson: with independent probe pairs (u_k, v_k), 1/K sum_k (u^T J v - v^T J u)^2
-        (2K JVPs). Unbiased: E[(u^T A v)^2] = ||A||_F^2 for A = J - J^T when E[uu^T] = E[vv^T] = I.
+        (2K VJPs). Unbiased: E[(u^T A v)^2] = ||A||_F^2 for A = J - J^T when E[uu^T] = E[vv^T] = I.
     """
     tt = _check_inputs(x, t)
     m = parse_choice(DivergenceMethod, method, "method")
     _check_probes(n_probes)
     if m is DivergenceMethod.EXACT:
-        _, chunks = _basis_columns(score_fn, x, tt, chunk_size)
-        cols = torch.cat([c for _, c in chunks], 0)  # (D, B, D)
-        jac = cols.permute(1, 2, 0)
+        jac = _full_jacobian(score_fn, x, tt, chunk_size)
         out = (jac - jac.transpose(1, 2)).pow(2).sum((1, 2))
         return _finish(out, create_graph)
     uv = probes(2 * n_probes, x, probe, generator)
-    _, juv = _probe_jvps(score_fn, x, tt, uv)
+    _, juv = _probe_vjps(score_fn, x, tt, uv)
     k, b = n_probes, x.shape[0]
     u, v = uv[:k].reshape(k, b, -1), uv[k:].reshape(k, b, -1)
     ju, jv = juv[:k].reshape(k, b, -1), juv[k:].reshape(k, b, -1)
@@ -606,7 +620,7 @@ def fp_operator(
     """L[s](x, t) = 1/2 g^2 div_x s + 1/2 g^2 |s|^2 - <f, s> - div_x f, shape (B,).
 
     For the true score L[s] = d_t log q_t (FP-Diffusion eq. 7): it is not zero, so it is not a
-    residual by itself. ``method`` is the divergence's (exact: D JVPs; hutchinson: K JVPs,
+    residual by itself. ``method`` is the divergence's (exact: D VJPs; hutchinson: K VJPs,
     unbiased, variance g^4/4 times the divergence estimator's).
     """
     tt = _check_inputs(x, t, 0.0, sde.T)
@@ -636,8 +650,8 @@ def fp_residual(
 ) -> Tensor:
     """Vector score-FPE residual eps[s] = d_t s - grad_x L[s] (FP-Diffusion eq. 9), shaped like x.
 
-    exact (default): d_t s by forward-mode AD, div_x s exactly (D JVPs), grad_x L by reverse
-        mode. Cost: about D + 1 JVPs and one backward through them. Round-off error only.
+    exact (default): d_t s by forward-mode AD, div_x s exactly (D VJPs), grad_x L by reverse
+        mode. Cost: one JVP in t, D VJPs, one backward through them. Round-off error only.
     estimated: d_t s by finite differences (``time_method``, default FP-Diffusion's nonuniform
         (h_s, h_d) stencil, one-sided near t_min and T) and div_x s by Hutchinson with
         ``n_probes`` probes, then grad_x L by reverse mode. Unbiased for eps up to the O(h^2)

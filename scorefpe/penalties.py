@@ -134,7 +134,7 @@ def jacobian_penalty(
 ) -> Tensor:
     """P_JAC per sample: ||J v||^2 / D (Hutchinson, K = n_probes), unbiased for ||J||_F^2 / D.
 
-    Cost: one JVP of score_fn (about 2-3 F) plus the backward through it. Shape (B,).
+    Cost: one VJP of score_fn (a forward and a backward, create_graph) plus the backward through it. Shape (B,).
     """
     j2 = operators.jacobian_frobenius_sq(
         score_fn, x, t, method="hutchinson", n_probes=n_probes, probe=probe,
@@ -155,7 +155,7 @@ def divergence_penalty(
     """P_DIV per sample: (Hutchinson div_x s)^2 / D with K = n_probes probes, shape (B,).
 
     Biased upwards by the estimator's variance / D (see the module docstring): with Gaussian
-    probes E = ((div s)^2 + 2 ||J_sym||_F^2 / K) / D. Cost: one JVP plus its backward.
+    probes E = ((div s)^2 + 2 ||J_sym||_F^2 / K) / D. Cost: one VJP plus the backward through it.
     """
     div = operators.divergence(
         score_fn, x, t, method="hutchinson", n_probes=n_probes, probe=probe,
@@ -340,16 +340,30 @@ def penalized_dsm(
     """
     mean, std = sde.marginal(x0, t)
     xt = mean + bcast(std, x0) * z
-    s = model(xt, t)
+    p = cfg.penalty
+    k = x0.shape[0] if cfg.sub_batch is None else min(cfg.sub_batch, x0.shape[0])
+    shared = None
+    if p in (Penalty.JAC, Penalty.DIV) and k == x0.shape[0] and penalty_model is None:
+        # One VJP pass gives both the score for the DSM term and the probe estimate.
+        kw = dict(method="hutchinson", probe=cfg.probe, generator=generator, create_graph=True)
+        if p is Penalty.DIV:
+            s, div = operators.score_and_divergence(model, xt.detach(), t, **kw)
+            shared = div.pow(2) / _dim(x0)
+        else:
+            kw.pop("method")
+            s, j2 = operators.score_and_jacobian_frobenius_sq(model, xt.detach(), t, **kw)
+            shared = j2 / _dim(x0)
+    else:
+        s = model(xt, t)
     terms = {"dsm": dsm_loss(s, z, std)}
     weights = {"dsm": 1.0}
-    p = cfg.penalty
     if p is Penalty.NONE:
         return LossTerms(terms, weights)
-    k = x0.shape[0] if cfg.sub_batch is None else min(cfg.sub_batch, x0.shape[0])
     xs, ts = xt[:k].detach(), t[:k]
     net = penalty_model if penalty_model is not None else model
-    if p is Penalty.SN:
+    if shared is not None:
+        pen = shared
+    elif p is Penalty.SN:
         pen = score_norm_penalty(s[:k])
     elif p is Penalty.JAC:
         pen = jacobian_penalty(net, xs, ts, generator=generator, probe=cfg.probe)

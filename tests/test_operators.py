@@ -283,3 +283,11 @@ def test_score_and_estimates_share_one_pass_and_match():
     ref = jacobian_frobenius_sq(fn, x, t, method="hutchinson", generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(fro, ref, rtol=1e-14, atol=1e-14)
     torch.testing.assert_close(s2, s)
+
+
+def test_float32_rounding_of_t_min_is_accepted_but_real_violations_are_not():
+    t = torch.full((2,), 1e-5, dtype=torch.float32)  # 9.99999975e-06 < 1e-5
+    out = time_derivative(lambda x, tt: x * tt[:, None], torch.ones(2, 1), t, method="central", t_min=1e-5, h=1e-6)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="t must lie in"):
+        time_derivative(lambda x, tt: x, torch.ones(2, 1), torch.full((2,), 0.99e-5), t_min=1e-5)
