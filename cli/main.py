@@ -15,10 +15,11 @@ def _register() -> None:
     from cli.bench import bench
     from cli.check import check
     from cli.data import data
+    from cli.derive import derive
     from cli.lenet import lenet
     from cli.train import train
 
-    for command in (check, data, train, bench, lenet):
+    for command in (check, data, derive, train, bench, lenet):
         main.add_command(command)
 
 
