@@ -28,6 +28,8 @@ from typing import Any, Callable
 import click
 import torch
 
+from scorefpe._util import atomic_write_bytes
+
 DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -39,22 +41,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _parse_shape(shape: str | None) -> tuple[int, ...] | None:
@@ -205,7 +191,7 @@ def model_check_command(
         files = {"report.json": report.to_json(), "report.csv": report.to_csv(),
                  "report.md": report.to_markdown(), "report.png": png}
         for name, content in files.items():
-            _atomic_write(d / name, content)
+            atomic_write_bytes(d / name, content.encode() if isinstance(content, str) else content)
         echo(f"wrote {', '.join(str(d / n) for n in files)}")
     return report
 

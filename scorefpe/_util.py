@@ -36,12 +36,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600; results are for every user who can read the folder.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp_path, 0o666 & ~mask)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` atomically, flushed to disk before the rename."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to ``path`` atomically (temporary file, then os.replace)."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
+    atomic_write_bytes(path, text.encode())

@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from scorefpe._util import parse_choice
 from scorefpe import operators
 from scorefpe.operators import Probe, ResidualMethod
 from scorefpe.sde import SDE, bcast
@@ -70,16 +71,6 @@ class Omega(str, Enum):
 
     ONE = "one"
     G2 = "g2"
-
-
-def _choice(enum_cls: type[Enum], value: object, what: str) -> Enum:
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
-        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
 
 
 def _dim(x: Tensor) -> int:
@@ -221,7 +212,7 @@ def fp_diffusion_regulariser(
             raise ValueError(f"{name} must be >= 0 and finite, got {val!r}")
     if isinstance(m, bool) or not isinstance(m, int) or m < 1:
         raise ValueError(f"m must be a positive integer, got {m!r}")
-    om = _choice(Omega, omega, "omega")
+    om = parse_choice(Omega, omega, "omega")
     d = _dim(x)
     out = torch.zeros(x.shape[0], dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     if alpha > 0:
@@ -297,9 +288,9 @@ class PenaltyConfig:
     m: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "penalty", _choice(Penalty, self.penalty, "penalty"))
-        object.__setattr__(self, "probe", _choice(Probe, self.probe, "probe"))
-        object.__setattr__(self, "omega", _choice(Omega, self.omega, "omega"))
+        object.__setattr__(self, "penalty", parse_choice(Penalty, self.penalty, "penalty"))
+        object.__setattr__(self, "probe", parse_choice(Probe, self.probe, "probe"))
+        object.__setattr__(self, "omega", parse_choice(Omega, self.omega, "omega"))
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"lam must be >= 0 and finite, got {self.lam!r}")
         if not (0 < self.t_min < 1):

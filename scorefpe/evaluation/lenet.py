@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from scorefpe._util import atomic_write_bytes
 
 Tensor = torch.Tensor
 
@@ -319,20 +320,6 @@ def weights_sha256(model: LeNet) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_lenet(model: LeNet, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
     """Write the weights and `meta` to `path` and its checksum to `path.sha256`, each atomically
     (temporary file, then rename). Returns the path.
@@ -353,8 +340,8 @@ def save_lenet(model: LeNet, path: str | os.PathLike, meta: dict[str, Any] | Non
     torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, buf)
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    _atomic_write_bytes(path, data)
-    _atomic_write_bytes(_checksum_path(path), f"{digest}  {path.name}\n".encode())
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_checksum_path(path), f"{digest}  {path.name}\n".encode())
     return path
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from scorefpe._util import parse_choice
+
 
 class Precision(str, Enum):
     """Arithmetic of the forward/backward passes: full float32, or autocast to bf16 / fp16.
@@ -20,16 +22,6 @@ class Precision(str, Enum):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
-
-
-def _choice(enum_cls: type[Enum], value: Any, what: str) -> Enum:
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
-        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
 
 
 def _pos_int(name: str, v: Any, allow_zero: bool = False) -> None:
@@ -69,7 +61,7 @@ class TrainConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "precision", _choice(Precision, self.precision, "precision"))
+        object.__setattr__(self, "precision", parse_choice(Precision, self.precision, "precision"))
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be positive and finite, got {self.lr!r}")
         _pos_int("batch_size", self.batch_size)
