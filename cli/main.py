@@ -21,6 +21,10 @@ def _register() -> None:
 
     for command in (check, data, derive, train, bench, lenet):
         main.add_command(command)
+    # likelihood, curl, benchmark, and `train synthetic` inside the train group.
+    from cli import synthetic
+
+    synthetic.register(main)
 
 
 _register()

@@ -1,0 +1,300 @@
+"""Synthetic-data commands: `scorefpe train synthetic`, `scorefpe likelihood RUN_DIR`,
+`scorefpe curl RUN_DIR`, `scorefpe benchmark synthetic --out DIR`."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import click
+
+from scorefpe.data.synthetic import DATASETS
+
+DATASET_CHOICE = click.Choice(sorted(DATASETS))
+SDE_CHOICE = click.Choice(["ve", "vp", "subvp"])
+ODE_CHOICE = click.Choice(["RK45", "RK23", "DOP853"])
+POS_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
+def _cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _write_json(path: str, obj: object) -> None:
+    from scorefpe._util import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _load_run(run_dir: str, ema: bool):
+    from scorefpe.benchmarks.synthetic import build_model, load_synthetic_run
+
+    try:
+        model, cfg = load_synthetic_run(run_dir, ema=ema)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    _, sde, ds = build_model(cfg)
+    return model, cfg, sde, ds
+
+
+# ---------------------------------------------------------------------------------------------
+@click.command("synthetic")
+@click.option("--dataset", type=DATASET_CHOICE, default="gmm8", show_default=True)
+@click.option("--sde", "sde_name", type=SDE_CHOICE, default="ve", show_default=True)
+@click.option("--penalty", type=click.Choice(["none", "fpd"]), default="none", show_default=True,
+              help="none: DSM; fpd: DSM + FP-Diffusion's alpha/D^m ||omega eps||^m + beta |L[s]|.")
+@click.option("--alpha", type=click.FloatRange(min=0), default=1e-3, show_default=True)
+@click.option("--beta", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--omega", type=click.Choice(["one", "g2"]), default="one", show_default=True)
+@click.option("--m", "m_pow", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--lr", type=POS_FLOAT, default=1e-3, show_default=True)
+@click.option("--t-min", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True),
+              default=1e-3, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--depth", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory (config.json, checkpoint.pt, metrics.jsonl, timing.json).")
+def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps, batch_size, lr,
+                    t_min, hidden, depth, seed, resume, out_dir) -> None:
+    """Train an MLP score model on a synthetic data set (DSM or DSM + FP regulariser)."""
+    from scorefpe.benchmarks.synthetic import SyntheticRunConfig, train_synthetic_run
+
+    try:
+        cfg = SyntheticRunConfig(dataset=dataset, sde=sde_name, penalty=penalty, alpha=alpha,
+                                 beta=beta, omega=omega, m=m_pow, steps=steps,
+                                 batch_size=batch_size, lr=lr, t_min=t_min, hidden=hidden,
+                                 depth=depth, seed=seed)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    out = Path(out_dir)
+    if not resume and (out / "checkpoint.pt").exists():
+        raise click.UsageError(f"{out_dir} already holds a checkpoint; use --resume or another --out")
+    fresh = not out.exists()
+    from scorefpe.training import NonFiniteLossError
+
+    try:
+        timing = train_synthetic_run(cfg, out, progress=True, resume=resume)
+    except NonFiniteLossError as err:
+        raise click.ClickException(f"training stopped: {err}") from err
+    except ValueError as err:
+        if fresh and out.exists():
+            shutil.rmtree(out)
+        raise click.UsageError(str(err)) from err
+    click.echo(f"trained {cfg.label} on {dataset} ({sde_name}): {timing['steps']} steps in "
+               f"{timing['seconds']:.1f} s ({timing['steps_per_s']:.1f} steps/s); "
+               f"last terms {timing['last_terms']}; wrote {out_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--n", "n_points", type=click.IntRange(min=2), default=500, show_default=True,
+              help="Held-out points x ~ q_{t_min}.")
+@click.option("--rtol", type=POS_FLOAT, default=1e-5, show_default=True)
+@click.option("--atol", type=POS_FLOAT, default=1e-5, show_default=True)
+@click.option("--method", type=ODE_CHOICE, default="RK45", show_default=True)
+@click.option("--hutchinson", "n_probes", type=click.IntRange(min=1), default=None,
+              help="Use Hutchinson with this many fixed probes instead of the exact divergence.")
+@click.option("--seed", type=click.IntRange(min=0), default=1234, show_default=True)
+@click.option("--ema", is_flag=True,
+              help="Use the EMA weights (default: the raw weights; an EMA of decay 0.999 still "
+                   "holds much of the initialisation after a few thousand steps).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_path) -> None:
+    """NLL of a synthetic run's model by the probability-flow ODE, and its gap to the true NLL."""
+    import torch
+
+    from scorefpe.evaluation.likelihood import probability_flow_likelihood
+
+    model, cfg, sde, ds = _load_run(run_dir, ema)
+    gen = torch.Generator().manual_seed(seed)
+    x0 = ds.sample(n_points, gen)
+    tt = torch.full((n_points,), cfg.t_min, dtype=torch.float64)
+    x, _ = sde.perturb(x0, tt, gen)
+    t0 = time.perf_counter()
+    res = probability_flow_likelihood(
+        model, sde, x.float(), t_min=cfg.t_min, rtol=rtol, atol=atol, method=method,
+        divergence="exact" if n_probes is None else "hutchinson", n_probes=n_probes or 1,
+        generator=gen)
+    out = {"run_dir": str(run_dir), "weights": "ema" if ema else "raw", "n": n_points, "rtol": rtol, "atol": atol, "method": method,
+           "divergence": "exact" if n_probes is None else f"hutchinson K={n_probes}",
+           "nfe": res.nfe, "seconds": time.perf_counter() - t0,
+           "nll": float(-res.log_prob.mean()),
+           "nll_se": float(res.log_prob.std() / math.sqrt(n_points))}
+    click.echo(f"{ds.name} {cfg.label} ({cfg.sde}): NLL {out['nll']:.4f} ± {out['nll_se']:.4f} "
+               f"nats on {n_points} points x ~ q(t_min={cfg.t_min}); nfe {res.nfe}, "
+               f"rtol {rtol}, atol {atol}, {out['divergence']}")
+    if ds.has_score:
+        log_q = ds.log_prob(x, tt, sde)
+        diff = log_q - res.log_prob
+        out.update(true_nll=float(-log_q.mean()), gap=float(diff.mean()),
+                   gap_se=float(diff.std() / math.sqrt(n_points)))
+        click.echo(f"true NLL {out['true_nll']:.4f}; gap {out['gap']:.4f} ± {out['gap_se']:.4f}")
+    else:
+        click.echo(f"{ds.name} has no closed-form density: no true NLL")
+    if json_path:
+        _write_json(json_path, out)
+        click.echo(f"wrote {json_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--n-t", type=click.IntRange(min=2), default=20, show_default=True,
+              help="Times, uniform in [t_min, T].")
+@click.option("--n-points", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--closed-form", is_flag=True, help="Measure the data set's exact score instead.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--ema", is_flag=True,
+              help="Use the EMA weights (default: the raw weights; an EMA of decay 0.999 still "
+                   "holds much of the initialisation after a few thousand steps).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the curve here.")
+def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
+    """Curl MSE over t, E_{x~q_t} 1/2 ||J - J^T||_F^2, of a synthetic run's model."""
+    import torch
+
+    from scorefpe.evaluation.conservativity import curl_mse_curve, time_average, uniform_t_grid
+
+    model, cfg, sde, ds = _load_run(run_dir, ema)
+    if ds.dim < 2:
+        raise click.UsageError(f"{ds.name} is 1-D: every 1-D field is a gradient, its curl is 0")
+    if closed_form:
+        if not ds.has_score:
+            raise click.UsageError(f"{ds.name} has no closed-form score")
+        fn, dtype, what = ds.score_fn(sde), torch.float64, "closed-form score"
+    else:
+        fn, dtype, what = model, torch.float32, cfg.label
+    grid = uniform_t_grid(cfg.t_min, sde.T, n_t)
+    c = curl_mse_curve(fn, sde, lambda n, g: ds.sample(n, g).to(dtype), grid.to(dtype),
+                       n_points=n_points, generator=torch.Generator().manual_seed(seed))
+    avg = time_average(c)
+    for row in c.as_rows():
+        click.echo(f"t={row['t']:.4f}  curl MSE {row['mean']:.4g} ± {row['se']:.2g}")
+    click.echo(f"{ds.name} {what}: time-averaged curl MSE {avg:.4g}")
+    if json_path:
+        _write_json(json_path, {"run_dir": str(run_dir), "what": what, "time_average": avg,
+                                "curve": c.as_rows()})
+        click.echo(f"wrote {json_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+@click.group()
+def benchmark() -> None:
+    """Benchmarks against ground truth."""
+
+
+def _csv(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(kind(v) for v in value.split(",") if v.strip())
+        except ValueError as err:
+            raise click.BadParameter(f"{value!r}: {err}") from err
+    return parse
+
+
+@benchmark.command("synthetic")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--datasets", callback=_csv(str), default=None,
+              help="Comma-separated subset of " + ",".join(sorted(DATASETS)) + " (default: all).")
+@click.option("--sde", "sde_name", type=SDE_CHOICE, default="ve", show_default=True)
+@click.option("--alphas", callback=_csv(float), default="0.001,0.01", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True)
+@click.option("--grid", type=click.IntRange(min=4), default=32, show_default=True)
+@click.option("--n-test", type=click.IntRange(min=2), default=400, show_default=True)
+@click.option("--no-samples", is_flag=True, help="Skip the sample figure (ODE sampling).")
+def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid, n_test,
+                        no_samples) -> None:
+    """Train DSM and FP-regularised models on every synthetic set; write table.md and figures."""
+    import torch
+
+    from scorefpe.benchmarks import report
+    from scorefpe.benchmarks.synthetic import BenchmarkConfig, EvalConfig, run_benchmark
+
+    try:
+        bcfg = BenchmarkConfig(
+            datasets=datasets or tuple(sorted(DATASETS, key=list(DATASETS).index)), sde=sde_name,
+            alphas=alphas, seeds=tuple(range(seeds)), steps=steps,
+            eval=EvalConfig(n_test=n_test, grid=grid, n_t=10, n_points=200))
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    try:
+        records = run_benchmark(bcfg, out, progress=True, log=click.echo)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    table = report.format_table(records)
+    elapsed = time.perf_counter() - t0
+    compute = sum((r["train"] or {}).get("seconds", 0.0) + r["eval"]["seconds"] for r in records)
+    cmd = (f"scorefpe benchmark synthetic --out {out_dir} --sde {sde_name} --alphas "
+           f"{','.join(f'{a:g}' for a in bcfg.alphas)} --seeds {seeds} --steps {steps} "
+           f"--grid {grid} --n-test {n_test} --datasets {','.join(bcfg.datasets)}")
+    head = (f"Command: `{cmd}`\n\nMachine: {_cpu_name()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads. Sum over models of training + evaluation time: "
+            f"{compute:.0f} s; wall time of this invocation: {elapsed:.0f} s (runs with an "
+            f"eval.json already present are reused, not retimed).\n\n")
+    from scorefpe._util import atomic_write_text
+
+    atomic_write_text(out / "table.md", head + table)
+    figs = []
+    sub = f"{sde_name.upper()} SDE, {steps} steps, seeds {seeds}"
+    report.plot_densities(records, out / "synthetic_density.png",
+                          f"true q(t_min) vs model p(t_min) by the probability-flow ODE ({sub})")
+    report.plot_curves(records, "curl", out / "synthetic_curl.png",
+                       f"curl MSE over t: E 1/2||J - J^T||_F^2 ({sub})", "curl MSE")
+    report.plot_curves(records, "r_fp", out / "synthetic_rfp.png",
+                       f"r_FP(t) = 1/D E||eps||^2 ({sub})", "r_FP")
+    report.plot_curves(records, "r_dsm", out / "synthetic_rdsm.png",
+                       f"r_DSM(t) = 1/D E||s - grad log q_0t|| ({sub})", "r_DSM")
+    figs = ["synthetic_density.png", "synthetic_curl.png", "synthetic_rfp.png", "synthetic_rdsm.png"]
+    if not no_samples:
+        report.plot_samples(out, records, out / "synthetic_samples.png",
+                            f"probability-flow ODE samples ({sub})")
+        figs.append("synthetic_samples.png")
+    click.echo(table)
+    click.echo(f"wrote {out / 'table.md'} and {', '.join(figs)} in {out_dir} "
+               f"({time.perf_counter() - t0:.0f} s)")
+
+
+# ---------------------------------------------------------------------------------------------
+@click.group("train")
+def _fallback_train() -> None:
+    """Train score models."""
+
+
+def register(main: click.Group) -> None:
+    """Add this module's commands to ``main``. `synthetic` joins the `train` group of cli/train.py
+    when that exists, else a local `train` group holding only it."""
+    main.add_command(likelihood)
+    main.add_command(curl)
+    main.add_command(benchmark)
+    grp = main.commands.get("train")
+    if grp is None:
+        try:
+            from cli.train import train as grp  # type: ignore[no-redef]
+        except ImportError:
+            grp = None
+        if not isinstance(grp, click.Group):
+            grp = _fallback_train
+        main.add_command(grp)
+    if isinstance(grp, click.Group):
+        grp.add_command(train_synthetic)
