@@ -25,6 +25,9 @@ def _register() -> None:
     from cli import synthetic
 
     synthetic.register(main)
+    from cli import evaluate  # sample, eval, report, diagnose
+
+    evaluate.register(main)
 
 
 _register()
