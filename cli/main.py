@@ -13,13 +13,14 @@ def main() -> None:
 
 def _register() -> None:
     from cli.bench import bench
+    from cli.cauchy import cauchy
     from cli.check import check
     from cli.data import data
     from cli.derive import derive
     from cli.lenet import lenet
     from cli.train import train
 
-    for command in (check, data, derive, train, bench, lenet):
+    for command in (check, data, derive, train, bench, lenet, cauchy):
         main.add_command(command)
     # likelihood, curl, benchmark, and `train synthetic` inside the train group.
     from cli import synthetic

@@ -1,0 +1,51 @@
+"""PINN solver of the score-FPE Cauchy problem (FP-Diffusion Sec. 6.1, eqs. 20-21).
+
+Learn s~(x, t) on [t_min, T] from the vector score FPE d_t s = grad_x L[s] and the initial
+condition s~(., t_min) = s(., t_min) alone (no denoising score matching), and measure it against
+closed-form scores. See `docs/results/cauchy.md`.
+"""
+
+from scorefpe.pinn.model import PreconditionedScore, data_scale
+from scorefpe.pinn.solver import (
+    CauchyConfig,
+    Collocation,
+    InitCondition,
+    Objective,
+    TrainState,
+    Weighting,
+    cauchy_loss,
+    dsm_baseline_loss,
+    evals_per_step,
+    make_loss,
+    train,
+)
+from scorefpe.pinn.evaluate import (
+    EvalResult,
+    density_grid,
+    evaluate_model,
+    mode_weights,
+    score_error_curve,
+    sliced_wasserstein,
+)
+
+__all__ = [
+    "CauchyConfig",
+    "Collocation",
+    "EvalResult",
+    "InitCondition",
+    "Objective",
+    "PreconditionedScore",
+    "TrainState",
+    "Weighting",
+    "cauchy_loss",
+    "data_scale",
+    "density_grid",
+    "dsm_baseline_loss",
+    "evals_per_step",
+    "evaluate_model",
+    "make_loss",
+    "mode_weights",
+    "score_error_curve",
+    "sliced_wasserstein",
+    "train",
+]

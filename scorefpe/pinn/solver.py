@@ -1,0 +1,315 @@
+"""The Cauchy-problem loss of FP-Diffusion Sec. 6.1 (eqs. 20-21) and a small training loop.
+
+    loss = E_{t, x ~ q_t} w(t)^2 ||eps[s~](x, t)||^2 / D  +  lambda_0 E_{x ~ q_{t_min}} c(t_min)^2 ||s~(x, t_min) - s(x, t_min)||^2 / D
+
+eps[s] = d_t s - grad_x L[s] is `scorefpe.operators.fp_residual` (exact: forward-mode d_t s,
+exact divergence; estimated: FP-Diffusion's finite-difference stencil and Hutchinson). Collocation
+points are the perturbed data x(t) = a(t) x0 + sqrt(v(t)) z, t ~ U[t_min, T] (as the paper), or
+with ``collocation=mixed`` half of them uniform on the widened data box: on the data's own points
+the initial score of well-separated modes does not depend on the mode weights (to ~1e-17), so
+the paper's scheme cannot recover them (docs/results/cauchy.md).
+No denoising score matching enters the loss, except in the ``init=dsm`` variant, where the exact
+initial score is replaced by the DSM target -z / std(t_min) at t_min (the paper's suggestion
+for data without a known score).
+
+Weighting w(t) (``Weighting.NATURAL``, default): w = c(t)^3 / g(t)^2 with c(t)^2 = a^2
+sigma_data^2 + v(t). Why: the score has size ~ 1/c and changes on the time scale
+d tau = g^2 / c^2 dt (for VE, tau = log c^2), so d_t s ~ g^2 / c^3. Unweighted, eps at t = 1
+(VE: g^2/c^3 ~ 0.3) outweighs eps near t_min (~ 3e-5 for gmm2d) by ~1e4 and the small noise
+levels, where the initial condition has to be carried forward, do not count. w(t) eps is the
+residual of the dimensionless score c s in the natural time tau: O(1) at every noise level.
+``Weighting.NONE`` is the paper's unweighted residual, and the default: measured on gmm2d (VE),
+the natural weighting traps the solver in the exact but wrong solution -x / c(t)^2 (the score
+of N(0, c^2 I), which the model starts at): near t_min, w ~ 4e4 makes any t-dependence so
+costly that the initial-condition term stays at its starting value (docs/results/cauchy.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from scorefpe._util import parse_choice
+from scorefpe.operators import ResidualMethod, fp_residual
+from scorefpe.penalties import dsm_loss
+from scorefpe.sde import SDE
+
+Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+X0Sampler = Callable[[int, torch.Generator], Tensor]
+
+
+class InitCondition(str, Enum):
+    """Initial-condition term: the exact score at t_min, or DSM at t_min (noisy-data variant)."""
+
+    EXACT = "exact"
+    DSM = "dsm"
+
+
+class Weighting(str, Enum):
+    """Per-time weight w(t) of the residual: c^3 / g^2 (natural time, dimensionless) or 1."""
+
+    NATURAL = "natural"
+    NONE = "none"
+
+
+class Collocation(str, Enum):
+    """Where the points x are drawn: the perturbed data (the paper), or half of them uniform on
+    the box a(t) [data min, data max] +- 3 std(t) (covers the low-density valleys between modes,
+    where alone the initial score carries the mode weights)."""
+
+    DATA = "data"
+    MIXED = "mixed"
+
+
+class Objective(str, Enum):
+    """What is trained: the score-FPE Cauchy problem (PINN) or plain DSM (the baseline)."""
+
+    PINN = "pinn"
+    DSM = "dsm"
+
+
+@dataclass(frozen=True)
+class CauchyConfig:
+    """Resolved options of one run (saved as config.json beside the checkpoints).
+
+    steps: optimiser steps; batch: collocation points per step; batch_ic: initial-condition
+    points per step; lr: peak Adam step size (cosine decay to lr_final); ic_weight: lambda_0;
+    residual: exact or estimated residual; n_probes: Hutchinson probes (estimated only);
+    weighting: w(t); init: exact or dsm initial condition; t_min: start time; seed: all
+    randomness (model init and the data/time/noise stream); objective: pinn or dsm;
+    dsm_batch: batch of the DSM baseline (None: `evals_per_step` of the PINN config, so both
+    spend the same number of model evaluations per step).
+    """
+
+    dataset: str = "gmm2d"
+    sde: str = "ve"
+    steps: int = 3000
+    batch: int = 256
+    batch_ic: int = 256
+    lr: float = 1e-2
+    lr_final: float = 1e-4
+    ic_weight: float = 1.0
+    residual: str = "exact"
+    n_probes: int = 1
+    weighting: str = "none"
+    init: str = "exact"
+    t_min: float = 1e-3
+    hidden: int = 128
+    depth: int = 3
+    seed: int = 0
+    objective: str = "pinn"
+    collocation: str = "data"
+    dsm_batch: int | None = None
+    grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.dsm_batch is not None and (not isinstance(self.dsm_batch, int) or self.dsm_batch < 1):
+            raise ValueError(f"dsm_batch must be a positive integer or None, got {self.dsm_batch!r}")
+        for name in ("lr", "lr_final", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+        if not (isinstance(self.ic_weight, (int, float)) and self.ic_weight >= 0):
+            raise ValueError(f"ic_weight must be >= 0, got {self.ic_weight!r}")
+        if not (0 < self.t_min < 1):
+            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min!r}")
+        parse_choice(ResidualMethod, self.residual, "residual method")
+        parse_choice(Weighting, self.weighting, "weighting")
+        parse_choice(InitCondition, self.init, "initial condition")
+        parse_choice(Objective, self.objective, "objective")
+        parse_choice(Collocation, self.collocation, "collocation")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evals_per_step(cfg: CauchyConfig, dim: int) -> int:
+    """Model evaluations (sample x network pass; a JVP counts as one) per PINN step.
+
+    exact residual: D JVPs for div_x s (their primal is s) + 1 JVP in t, on the batch, plus the
+    IC batch: (D + 1) B + B_ic. estimated: K probe JVPs + 3 stencil evaluations (nonuniform
+    stencil): (K + 3) B + B_ic. Backward passes are not counted (the PINN's are costlier: it
+    differentiates through second derivatives); wall time is reported beside this.
+    """
+    if ResidualMethod(cfg.residual) is ResidualMethod.EXACT:
+        per = dim + 1
+    else:
+        per = cfg.n_probes + 3
+    return per * cfg.batch + cfg.batch_ic
+
+
+def residual_weight(model_scale: Callable[[Tensor], Tensor], sde: SDE, t: Tensor, weighting: Weighting) -> Tensor:
+    """w(t), shape (B,): c(t)^3 / g(t)^2 (natural) or ones."""
+    if weighting is Weighting.NONE:
+        return torch.ones_like(t)
+    return model_scale(t) ** 3 / sde.diffusion(t) ** 2
+
+
+def _uniform_t(n: int, t_min: float, T: float, gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    return t_min + (T - t_min) * torch.rand(n, generator=gen, dtype=dtype)
+
+
+def _mix_uniform(x: Tensor, x0: Tensor, t: Tensor, sde: SDE, gen: torch.Generator) -> Tensor:
+    """Replace the second half of x by points uniform on a(t) [min x0, max x0] +- 3 std(t)."""
+    n = x.shape[0] // 2
+    if n == 0:
+        return x
+    a = sde.mean_coeff(t[n:])[:, None]
+    sd = sde.marginal_std(t[n:])[:, None]
+    lo = a * x0.min(0).values - 3 * sd
+    hi = a * x0.max(0).values + 3 * sd
+    u = torch.rand(x.shape[0] - n, x.shape[1], generator=gen, dtype=x.dtype)
+    return torch.cat([x[:n], lo + u * (hi - lo)])
+
+
+def cauchy_loss(
+    score_fn: ScoreFn,
+    scale_fn: Callable[[Tensor], Tensor],
+    sde: SDE,
+    sample_x0: X0Sampler,
+    true_score: ScoreFn | None,
+    cfg: CauchyConfig,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Tensor]:
+    """One draw of the Cauchy-problem loss; returns {"residual", "initial", "total"} (scalars,
+    in the autograd graph of score_fn's parameters).
+
+    residual = mean_b w(t_b)^2 ||eps[s~](x_b, t_b)||^2 / D at collocation points x_b ~ q_{t_b}
+               (collocation=mixed: half of them, and half of the initial-condition points when
+               init=exact, uniform on the data's box widened by 3 std(t));
+    initial  = mean c(t_min)^2 ||s~(x, t_min) - target||^2 / D with target = s(x, t_min) (exact)
+               or -z / std(t_min) (dsm; minimiser the same, variance ~ c^2 / std^2 per sample);
+    total    = residual + ic_weight * initial.
+
+    ``scale_fn`` is c(t) (the model's `scale`). ``true_score`` is needed for init=exact.
+    Cost (exact residual): see `evals_per_step`, plus one backward through second derivatives.
+
+    Raises:
+        ValueError: init=exact without a true score.
+    """
+    init = InitCondition(cfg.init)
+    weighting = Weighting(cfg.weighting)
+    x0 = sample_x0(cfg.batch, generator).to(dtype)
+    d = x0.shape[1]
+    t = _uniform_t(cfg.batch, cfg.t_min, sde.T, generator, dtype)
+    x, _ = sde.perturb(x0, t, generator)
+    mixed = Collocation(cfg.collocation) is Collocation.MIXED
+    if mixed:
+        x = _mix_uniform(x, x0, t, sde, generator)
+    eps = fp_residual(
+        score_fn, sde, x, t, method=cfg.residual, n_probes=cfg.n_probes, generator=generator,
+        t_min=cfg.t_min, create_graph=True,
+    )
+    w = residual_weight(scale_fn, sde, t, weighting)
+    residual = (w[:, None] ** 2 * eps.pow(2)).sum(-1).mean() / d
+
+    x0i = sample_x0(cfg.batch_ic, generator).to(dtype)
+    ti = torch.full((cfg.batch_ic,), cfg.t_min, dtype=dtype)
+    xi, z = sde.perturb(x0i, ti, generator)
+    if mixed and init is InitCondition.EXACT:
+        xi = _mix_uniform(xi, x0i, ti, sde, generator)
+    if init is InitCondition.EXACT:
+        if true_score is None:
+            raise ValueError("init='exact' needs the closed-form score at t_min (true_score)")
+        target = true_score(xi, ti).to(dtype).detach()
+    else:
+        target = -z / sde.marginal_std(ti)[:, None]
+    ci = scale_fn(ti)[:, None]
+    initial = (ci**2 * (score_fn(xi, ti) - target).pow(2)).sum(-1).mean() / d
+    return {"residual": residual, "initial": initial, "total": residual + cfg.ic_weight * initial}
+
+
+def dsm_baseline_loss(
+    score_fn: ScoreFn,
+    sde: SDE,
+    sample_x0: X0Sampler,
+    batch: int,
+    t_min: float,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, Tensor]:
+    """Plain DSM (2026 paper eq. 7): mean ||std(t) s~(x(t), t) + z||^2 / D, t ~ U[t_min, T].
+    Returns {"dsm", "total"}. Cost: one forward and one backward on `batch` samples."""
+    x0 = sample_x0(batch, generator).to(dtype)
+    t = _uniform_t(batch, t_min, sde.T, generator, dtype)
+    x, z = sde.perturb(x0, t, generator)
+    loss = dsm_loss(score_fn(x, t), z, sde.marginal_std(t)).mean() / x0.shape[1]
+    return {"dsm": loss, "total": loss}
+
+
+def make_loss(
+    model: nn.Module, sde: SDE, sample_x0: X0Sampler, true_score: ScoreFn | None, cfg: CauchyConfig
+) -> Callable[[torch.Generator], dict[str, Tensor]]:
+    """The loss of ``cfg.objective`` as a function of the step's generator."""
+    if Objective(cfg.objective) is Objective.PINN:
+        return lambda gen: cauchy_loss(model, model.scale, sde, sample_x0, true_score, cfg, gen)
+    batch = cfg.dsm_batch if cfg.dsm_batch is not None else evals_per_step(cfg, model.net.config.dim)
+    return lambda gen: dsm_baseline_loss(model, sde, sample_x0, batch, cfg.t_min, gen)
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs: step reached, optimiser and generator state, loss history."""
+
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: CauchyConfig) -> float:
+    """Cosine decay from lr to lr_final over cfg.steps (a function of the step: resumable)."""
+    frac = min(step / max(cfg.steps, 1), 1.0)
+    return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * frac))
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Generator], dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    cfg: CauchyConfig,
+    state: TrainState,
+    *,
+    callback: Callable[[TrainState, dict[str, float]], None] | None = None,
+    stop_at: int | None = None,
+) -> TrainState:
+    """Run optimiser steps state.step .. cfg.steps - 1 of ``loss_fn`` (Adam, cosine lr, gradient
+    norm clipped at cfg.grad_clip). After each step, appends the loss terms to state.history and
+    calls ``callback(state, terms)`` (progress, checkpoints). ``stop_at`` ends this call early at
+    that step (the schedule still spans cfg.steps, so a resumed run continues it exactly).
+    Returns the updated state.
+
+    Raises:
+        FloatingPointError: a non-finite loss (the step is not applied).
+    """
+    model.train()
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    while state.step < end:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state.step, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        terms = loss_fn(generator)
+        total = terms["total"]
+        if not bool(torch.isfinite(total)):
+            raise FloatingPointError(f"non-finite loss {float(total)} at step {state.step}")
+        total.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        state.step += 1
+        row = {k: float(v.detach()) for k, v in terms.items()}
+        row["grad_norm"] = float(gnorm)
+        row["step"] = state.step
+        state.history.append(row)
+        if callback is not None:
+            callback(state, row)
+    return state
