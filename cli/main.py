@@ -29,6 +29,9 @@ def _register() -> None:
     from cli import evaluate  # sample, eval, report, diagnose
 
     evaluate.register(main)
+    from cli.experiment import experiment
+
+    main.add_command(experiment)
 
 
 _register()

@@ -1,0 +1,249 @@
+"""`scorefpe experiment table1`: aggregation with known numbers, skip/resume orchestration on
+2-step runs with random images, bad input."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from scorefpe.evaluation.experiment import (
+    EXPERIMENT_JSON,
+    LOSSES,
+    TRAIN_MARKER,
+    Table1Config,
+    aggregate,
+    check_experiment_dir,
+    eval_metrics,
+    plan_runs,
+    run_table1,
+    table_csv,
+    table_markdown,
+    write_tables,
+)
+
+
+def _eval_rec(fid, dens, cov, ent, bpd, tpe):
+    return {"fid": fid, "density": dens, "coverage": cov, "entropy_nats": ent,
+            "nll": None if bpd is None else {"bpd": bpd, "se": 0.1, "n": 4},
+            "time_per_epoch": {"mean_s": tpe}}
+
+
+def test_aggregate_mean_std_known_numbers():
+    rows = {
+        "none": [eval_metrics(_eval_rec(10.0, 0.5, 0.1, 2.0, 7.0, 1.0)),
+                 eval_metrics(_eval_rec(20.0, 0.7, 0.3, 2.2, 9.0, 3.0)),
+                 eval_metrics(_eval_rec(30.0, 0.9, 0.5, 2.1, None, 5.0))],
+        "fp": [eval_metrics(_eval_rec(4.0, 1.0, 0.2, 2.3, 6.5, 8.0))],
+    }
+    agg = aggregate(rows)
+    a = agg["none"]
+    assert a["fid"]["mean"] == pytest.approx(20.0, abs=1e-12)
+    assert a["fid"]["std"] == pytest.approx(10.0, abs=1e-12)  # ddof = 1
+    assert a["density"]["std"] == pytest.approx(0.2, abs=1e-12)
+    assert a["time_per_epoch_s"]["mean"] == pytest.approx(3.0, abs=1e-12)
+    # NLL skipped on one seed: left out, not counted as 0
+    assert a["nll_bpd"]["n"] == 2
+    assert a["nll_bpd"]["mean"] == pytest.approx(8.0, abs=1e-12)
+    assert a["nll_bpd"]["std"] == pytest.approx(math.sqrt(2.0), abs=1e-12)
+    assert agg["fp"]["fid"] == {"mean": 4.0, "std": None, "n": 1}
+
+    md = table_markdown(agg, 3)
+    assert "| none | 3/3 | 20 ± 10 | 0.7 ± 0.2 |" in md
+    assert "| fp | 1/3 | 4 |" in md
+    rows_csv = list(csv.DictReader(io.StringIO(table_csv(agg))))
+    assert [r["loss"] for r in rows_csv] == ["none", "fp"]
+    assert float(rows_csv[0]["fid_std"]) == pytest.approx(10.0)
+    assert rows_csv[1]["fid_std"] == ""
+
+
+def test_write_tables_reads_every_planned_run(tmp_path):
+    cfg = Table1Config(preset="tiny", seeds=2)
+    specs = plan_runs(cfg, tmp_path)
+    assert [(s.loss, s.seed) for s in specs] == [(x, k) for x in LOSSES for k in (0, 1)]
+    assert specs[0].run.penalty.lam == 0.0 and specs[2].run.penalty.lam == pytest.approx(1e-3)
+    assert {s.run.train.seed for s in specs} == {0, 1}
+    for i, s in enumerate(specs):
+        s.run_dir.mkdir()
+        fid = 100.0 * (1 + LOSSES.index(s.loss)) + 2.0 * s.seed  # seeds differ by 2
+        (s.run_dir / "eval.json").write_text(json.dumps(_eval_rec(fid, 0.5, 0.1, 2.0, 7.0, 1.0)))
+    paths = write_tables(cfg, tmp_path)
+    rows = {r["loss"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    for j, loss in enumerate(LOSSES):
+        assert float(rows[loss]["fid_mean"]) == pytest.approx(100.0 * (1 + j) + 1.0)
+        assert float(rows[loss]["fid_std"]) == pytest.approx(math.sqrt(2.0))
+    assert "| div | 2/2 | 501 ± 1.4 |" in paths["md"].read_text()
+
+
+# ---------------------------------------------------------------------------- orchestration
+
+
+def _cfg(**kw) -> Table1Config:
+    # 16 random images, batch 8: one epoch is 2 steps. No NLL, a 2-point diagnostics grid.
+    base = dict(preset="tiny", seeds=1, epochs=1, n_samples=8, steps=2, losses=("none", "sn"),
+                extra_train=(("batch_size", 8), ("checkpoint_every", 1), ("log_every", 1)),
+                extra_eval=(("nll_n", 0), ("diag_points", 2), ("diag_n_t", 2)))
+    base.update(kw)
+    return Table1Config(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from scorefpe.evaluation.lenet import LeNet
+
+    g = torch.Generator().manual_seed(0)
+    return {"images": torch.rand(16, 1, 28, 28, generator=g),
+            "reference": torch.rand(24, 1, 28, 28, generator=g),
+            "lenet": LeNet(0).eval()}
+
+
+def _run(cfg, out, data):
+    log: list[str] = []
+    paths = run_table1(cfg, out, images=data["images"], reference=data["reference"],
+                       lenet=data["lenet"], echo=log.append)
+    return paths, log
+
+
+def test_end_to_end_then_everything_skipped(tmp_path, data):
+    out = tmp_path / "exp"
+    cfg = _cfg()
+    paths, log = _run(cfg, out, data)
+    for key in ("md", "csv", "report"):
+        assert paths[key].is_file()
+    assert (out / EXPERIMENT_JSON).is_file()
+    rows = {r["loss"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    assert set(rows) == {"none", "sn"}
+    for loss in ("none", "sn"):
+        rec = json.loads((out / f"{loss}-s0" / "eval.json").read_text())
+        # the table holds exactly the eval.json numbers (one seed: mean = value, no std)
+        assert float(rows[loss]["fid_mean"]) == pytest.approx(rec["fid"], rel=1e-12)
+        assert rows[loss]["fid_std"] == ""
+        assert rows[loss]["nll_bpd_n"] == "0"
+        assert json.loads((out / f"{loss}-s0" / TRAIN_MARKER).read_text())["step"] == 2
+    assert sum("training done (fresh)" in m for m in log) == 2
+    assert sum(m.endswith("evaluating") for m in log) == 2
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*")
+              if p.name in ("checkpoint.pt", "eval.json", "samples.npy")}
+    _, log2 = _run(cfg, out, data)
+    assert sum("training finished earlier, reused" in m for m in log2) == 2
+    assert sum("eval.json with these settings exists, reused" in m for m in log2) == 2
+    assert not any("training done" in m or m.endswith("evaluating") for m in log2)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+    # More epochs: the finished runs resume (not restart) and are evaluated again.
+    _, log3 = _run(_cfg(epochs=2), out, data)
+    assert sum("training done (resumed)" in m for m in log3) == 2
+    assert sum(m.endswith("evaluating") for m in log3) == 2
+    assert json.loads((out / "sn-s0" / TRAIN_MARKER).read_text())["step"] == 4
+
+    # Fewer epochs than a finished run: refused, nothing retrained or deleted.
+    with pytest.raises(ValueError, match="trained for 2 epochs, more than the 1"):
+        _run(_cfg(epochs=1), out, data)
+    assert (out / "none-s0" / "eval.json").is_file()
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path, data):
+    from scorefpe.training import train_mnist
+
+    cfg = _cfg(losses=("sn",))
+    # interrupted: 1 of the 2 steps done, checkpoint written, no marker, no eval
+    spec = plan_runs(cfg, tmp_path / "a")[0]
+    cut = dataclasses.replace(spec.run, train=dataclasses.replace(spec.run.train, max_steps=1))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / EXPERIMENT_JSON).write_text(json.dumps(cfg.to_dict()))
+    assert not train_mnist(cut, spec.run_dir, images=data["images"]).finished
+    _, log = _run(cfg, tmp_path / "a", data)
+    assert any("training done (resumed)" in m for m in log)
+    _run(cfg, tmp_path / "b", data)  # uninterrupted
+    sa = torch.load(tmp_path / "a" / "sn-s0" / "checkpoint.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b" / "sn-s0" / "checkpoint.pt", weights_only=False)
+    assert sa["step"] == sb["step"] == 2
+    for k in sb["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    fa = json.loads((tmp_path / "a" / "sn-s0" / "eval.json").read_text())["fid"]
+    fb = json.loads((tmp_path / "b" / "sn-s0" / "eval.json").read_text())["fid"]
+    assert fa == pytest.approx(fb, rel=1e-9)
+
+
+def test_stale_eval_with_other_settings_is_redone(tmp_path, data):
+    out = tmp_path / "exp"
+    cfg = _cfg(losses=("none",))
+    _run(cfg, out, data)
+    p = out / "none-s0" / "eval.json"
+    rec = json.loads(p.read_text())
+    rec["config"]["k"] = 3
+    p.write_text(json.dumps(rec))
+    _, log = _run(cfg, out, data)
+    assert any(m.endswith("evaluating") for m in log)
+    assert json.loads(p.read_text())["config"]["k"] == 5
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_library_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="seeds"):
+        Table1Config(seeds=0)
+    with pytest.raises(ValueError, match="epochs"):
+        Table1Config(epochs=-1)
+    with pytest.raises(ValueError, match="'huge'.*smoke"):
+        Table1Config(preset="huge")
+    with pytest.raises(ValueError, match="'dsm'"):
+        Table1Config(losses=("dsm",))
+    (tmp_path / "x.txt").write_text("data")
+    with pytest.raises(ValueError, match="not a table1 experiment"):
+        check_experiment_dir(tmp_path)
+    check_experiment_dir(tmp_path / "new")  # missing: fine
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / EXPERIMENT_JSON).write_text(json.dumps(_cfg().to_dict()))
+    with pytest.raises(ValueError, match="other settings.*lam"):
+        run_table1(_cfg(lam=0.5), out)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--seeds", "0"], "--seeds"),
+        (["--epochs", "0"], "--epochs"),
+        (["--epochs", "-3"], "--epochs"),
+        (["--preset", "huge"], "'huge'"),
+        (["--n-samples", "0"], "--n-samples"),
+    ],
+)
+def test_cli_bad_input_exit_2(tmp_path, args, needle):
+    from cli.main import main
+
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output
+    assert not out.exists()
+
+
+def test_cli_out_not_an_experiment_dir(tmp_path):
+    from cli.main import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert str(tmp_path) in res.output and "not a table1 experiment" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_cli_out_is_a_file(tmp_path):
+    from cli.main import main
+
+    f = tmp_path / "table.txt"
+    f.write_text("mine")
+    res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(f), "--preset", "tiny"])
+    assert res.exit_code == 2
+    assert "not a directory" in res.output and str(f) in res.output
+    assert f.read_text() == "mine"
