@@ -49,6 +49,7 @@ __all__ = [
     "fp_residual",
     "jacobian",
     "jacobian_asymmetry_sq",
+    "jacobian_diagonal",
     "jacobian_frobenius_sq",
     "probes",
     "scalar_fp_residual",
@@ -262,6 +263,30 @@ def _full_jacobian(score_fn: ScoreFn, x: Tensor, t: Tensor, chunk_size: int | No
 # --------------------------------------------------------------------------------------------
 
 
+def _diagonal_and_score(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    method: DivergenceMethod,
+    n_probes: int,
+    probe: Probe | str,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
+    """s and the Jacobian diagonal J_ii, both shaped like x (exact, or v * J^T v averaged)."""
+    if method is DivergenceMethod.EXACT:
+        s, chunks = _basis_rows(score_fn, x, t, chunk_size)
+        parts = []
+        for i0, rows in chunks:
+            idx = torch.arange(rows.shape[0], device=x.device)
+            parts.append(rows[idx, :, i0 + idx].transpose(0, 1))  # (B, m): J[b, i, i]
+        diag = torch.cat(parts, 1)
+        return s, diag.reshape(x.shape)
+    v = probes(n_probes, x, probe, generator)
+    s, jv = _probe_vjps(score_fn, x, t, v)
+    return s, (v * jv).mean(0)
+
+
 def _divergence_and_score(
     score_fn: ScoreFn,
     x: Tensor,
@@ -273,13 +298,8 @@ def _divergence_and_score(
     chunk_size: int | None,
 ) -> tuple[Tensor, Tensor]:
     if method is DivergenceMethod.EXACT:
-        s, chunks = _basis_rows(score_fn, x, t, chunk_size)
-        div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        for i0, cols in chunks:
-            m = cols.shape[0]
-            idx = torch.arange(m, device=x.device)
-            div = div + cols[idx, :, i0 + idx].sum(0)
-        return s, div
+        s, diag = _diagonal_and_score(score_fn, x, t, method, n_probes, probe, generator, chunk_size)
+        return s, _flat(diag).sum(-1)
     v = probes(n_probes, x, probe, generator)
     s, jv = _probe_vjps(score_fn, x, t, v)
     k = v.shape[0]
@@ -322,6 +342,37 @@ def divergence(
     _check_probes(n_probes)
     _, div = _divergence_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
     return _finish(div, create_graph)
+
+
+def jacobian_diagonal(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: DivergenceMethod | str = DivergenceMethod.EXACT,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> Tensor:
+    """The diagonal of the Jacobian, d s_i / d x_i, shaped like x: the pixel-wise contributions
+    to div_x s (2026 paper, Figs. 2-5). Summed over entries it is `divergence`.
+
+    exact: (e_i^T J)_i for the D basis vectors: D VJPs (batched, ``chunk_size`` at a time).
+        Error: float round-off.
+    hutchinson: 1/K sum_k v_k * (J^T v_k) (elementwise; Bekas, Kokiopoulou & Saad 2007), K VJPs.
+        Unbiased, since E[v_i v_r] = delta_ir. Variance per probe and entry:
+        sum_{r != i} J_ri^2 (Rademacher), J_ii^2 + sum_r J_ri^2 (Gaussian); divided by K.
+
+    Raises:
+        ValueError: as `divergence`.
+    """
+    tt = _check_inputs(x, t)
+    m = parse_choice(DivergenceMethod, method, "method")
+    _check_probes(n_probes)
+    _, diag = _diagonal_and_score(score_fn, x, tt, m, n_probes, probe, generator, chunk_size)
+    return _finish(diag, create_graph)
 
 
 def score_and_divergence(
