@@ -55,7 +55,8 @@ def penalties(
         try:
             from scorefpe.data.mnist import mnist_tensor
 
-            images, _ = mnist_tensor("train", data_dir=data_dir, n=batch)
+            # More digits than one batch: each timed step draws its own batch.
+            images, _ = mnist_tensor("train", data_dir=data_dir, n=max(batch, 8192))
         except (FileNotFoundError, ValueError) as err:
             raise click.BadParameter(f"{data_dir}: {err}", param_hint="--data-dir") from None
     variants = default_variants(batch, sub_batch)
@@ -75,7 +76,10 @@ def penalties(
             f"Machine: {machine_description(dev)}  \n"
             f"Date: {datetime.date.today().isoformat()}  \n"
             f"Setup: U-Net width {width}, batch {batch}, VP, t ~ U[1e-5, 1], lambda 1e-3, "
-            f"{repeats} timed steps per variant (round-robin), median and quartiles.\n\n"
+            f"{repeats} timed steps per variant (round-robin), median and quartiles; each step "
+            f"draws its own t, z{', digits' if data_dir is not None else ''} and probes (the same for "
+            f"every variant); the last column is the relative standard error of the penalty's batch "
+            f"mean from its per-sample values (median over steps).\n\n"
             f"{table}\n"
         )
         atomic_write_text(out, text)

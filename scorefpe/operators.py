@@ -54,6 +54,7 @@ __all__ = [
     "probes",
     "scalar_fp_residual",
     "score_and_divergence",
+    "score_and_fp_residual",
     "score_and_jacobian_frobenius_sq",
     "time_derivative",
 ]
@@ -557,21 +558,40 @@ STENCILS: dict[str, Callable[..., Stencil]] = {
 }
 
 
-def _apply_stencil(score_fn: ScoreFn, x: Tensor, t: Tensor, st: Stencil) -> Tensor:
-    """sum_j w_j s(x, t + o_j), all offsets in one call on a replicated batch."""
+def _apply_stencil(
+    score_fn: ScoreFn, x: Tensor, t: Tensor, st: Stencil, s_at_t: Tensor | None = None
+) -> Tensor:
+    """sum_j w_j s(x, t + o_j), all offsets in one call on a replicated batch.
+
+    s_at_t: s(x, t) when the caller already has it; then the offset-0 node is not re-evaluated.
+    """
     pairs = [(o, w) for o, w in zip(st.offsets, st.weights) if w != 0.0]
+    w0 = 0.0
+    if s_at_t is not None:
+        w0 = sum(w for o, w in pairs if o == 0.0)
+        pairs = [(o, w) for o, w in pairs if o != 0.0]
     m = len(pairs)
     tt = torch.cat([t + o for o, _ in pairs])
     out = _check_output(score_fn(_replicate(x, m), tt), _replicate(x, m))
     out = out.reshape(m, *x.shape)
     w = torch.tensor([w for _, w in pairs], dtype=x.dtype, device=x.device)
-    return (w.reshape(m, *([1] * x.dim())) * out).sum(0)
+    res = (w.reshape(m, *([1] * x.dim())) * out).sum(0)
+    return res if w0 == 0.0 else res + w0 * s_at_t
 
 
 def _fd_time_derivative(
-    score_fn: ScoreFn, x: Tensor, t: Tensor, interior: Stencil, h: float, t_min: float, t_max: float
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    interior: Stencil,
+    h: float,
+    t_min: float,
+    t_max: float,
+    s_at_t: Tensor | None = None,
 ) -> Tensor:
-    """d_t s with `interior` where it fits in [t_min, t_max], one-sided stencils elsewhere."""
+    """d_t s with `interior` where it fits in [t_min, t_max], one-sided stencils elsewhere.
+
+    s_at_t: s(x, t) if already computed (reused for the stencils' offset-0 nodes)."""
     below, above = interior.reach
     fwd, bwd = forward_stencil(h), backward_stencil(h)
     # A small slack so that t exactly at t_min + h counts as inside (round-off in t + o).
@@ -587,7 +607,8 @@ def _fd_time_derivative(
     for mask, st in ((use_int, interior), (use_fwd, fwd), (use_bwd, bwd)):
         if bool(mask.any()):
             idx = mask.nonzero().squeeze(1)
-            out = out.index_put((idx,), _apply_stencil(score_fn, x[idx], t[idx], st))
+            s0 = None if s_at_t is None else s_at_t[idx]
+            out = out.index_put((idx,), _apply_stencil(score_fn, x[idx], t[idx], st, s0))
     return out
 
 
@@ -618,16 +639,30 @@ def time_derivative(
     """
     tt = _check_inputs(x, t, t_min, t_max)
     m = parse_choice(TimeMethod, method, "time-derivative method")
+    return _finish(_time_derivative(score_fn, x, tt, m, h, h_s, h_d, t_min, t_max), create_graph)
+
+
+def _time_derivative(
+    score_fn: ScoreFn,
+    x: Tensor,
+    t: Tensor,
+    method: TimeMethod,
+    h: float,
+    h_s: float,
+    h_d: float,
+    t_min: float,
+    t_max: float,
+    s_at_t: Tensor | None = None,
+) -> Tensor:
     for name, val in (("h", h), ("h_s", h_s), ("h_d", h_d)):
         if not (val > 0 and math.isfinite(val)):
             raise ValueError(f"{name} must be positive and finite, got {val!r}")
-    if m is TimeMethod.EXACT:
-        s, dts = _jvp(lambda t_: score_fn(x, t_), tt, torch.ones_like(tt))
+    if method is TimeMethod.EXACT:
+        s, dts = _jvp(lambda t_: score_fn(x, t_), t, torch.ones_like(t))
         _check_output(s, x)
-        return _finish(dts, create_graph)
-    interior = central_stencil(h) if m is TimeMethod.CENTRAL else nonuniform_stencil(h_s, h_d)
-    out = _fd_time_derivative(score_fn, x, tt, interior, h, t_min, t_max)
-    return _finish(out, create_graph)
+        return dts
+    interior = central_stencil(h) if method is TimeMethod.CENTRAL else nonuniform_stencil(h_s, h_d)
+    return _fd_time_derivative(score_fn, x, t, interior, h, t_min, t_max, s_at_t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,13 +681,26 @@ def _fp_operator(
     generator: torch.Generator | None,
     chunk_size: int | None,
 ) -> Tensor:
+    return _fp_operator_and_score(score_fn, sde, x, t, method, n_probes, probe, generator, chunk_size)[0]
+
+
+def _fp_operator_and_score(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor,
+    method: DivergenceMethod,
+    n_probes: int,
+    probe: Probe | str,
+    generator: torch.Generator | None,
+    chunk_size: int | None,
+) -> tuple[Tensor, Tensor]:
     s, div = _divergence_and_score(score_fn, x, t, method, n_probes, probe, generator, chunk_size)
     g2 = sde.diffusion(t) ** 2
     f = sde.drift(x, t)
     sf, ff = _flat(s), _flat(f)
-    return (
-        0.5 * g2 * div + 0.5 * g2 * sf.pow(2).sum(-1) - (ff * sf).sum(-1) - sde.div_drift(x, t)
-    )
+    lop = 0.5 * g2 * div + 0.5 * g2 * sf.pow(2).sum(-1) - (ff * sf).sum(-1) - sde.div_drift(x, t)
+    return lop, s
 
 
 def fp_operator(
@@ -715,6 +763,39 @@ def fp_residual(
     Raises:
         ValueError: bad shapes, NaN/inf, t outside [t_min, T], unknown methods.
     """
+    s, eps = score_and_fp_residual(
+        score_fn, sde, x, t, method=method, time_method=time_method, n_probes=n_probes,
+        probe=probe, generator=generator, h=h, h_s=h_s, h_d=h_d, t_min=t_min,
+        chunk_size=chunk_size, create_graph=create_graph,
+    )
+    return eps
+
+
+def score_and_fp_residual(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x: Tensor,
+    t: Tensor | float,
+    *,
+    method: ResidualMethod | str = ResidualMethod.EXACT,
+    time_method: TimeMethod | str | None = None,
+    n_probes: int = 1,
+    probe: Probe | str = Probe.GAUSSIAN,
+    generator: torch.Generator | None = None,
+    h: float = 1e-3,
+    h_s: float = 1e-3,
+    h_d: float = 5e-4,
+    t_min: float = 0.0,
+    chunk_size: int | None = None,
+    create_graph: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """(s(x, t), eps[s](x, t)): `fp_residual` with the score it evaluated on the way.
+
+    Same arguments and estimator as `fp_residual`. The VJP pass for div_x s yields s(x, t) as its
+    forward output; it is reused for the finite-difference stencils' offset-0 node (FP-Diffusion's
+    nonuniform stencil then costs 2 F, not 3 F) and returned, so a training step that also needs
+    s(x, t) for the DSM term saves that forward and its backward too.
+    """
     tt = _check_inputs(x, t, t_min, sde.T)
     m = parse_choice(ResidualMethod, method, "residual method")
     _check_probes(n_probes)
@@ -725,13 +806,10 @@ def fp_residual(
     dm = DivergenceMethod.EXACT if m is ResidualMethod.EXACT else DivergenceMethod.HUTCHINSON
     with torch.enable_grad():
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
-        lop = _fp_operator(score_fn, sde, xg, tt, dm, n_probes, probe, generator, chunk_size)
+        lop, s = _fp_operator_and_score(score_fn, sde, xg, tt, dm, n_probes, probe, generator, chunk_size)
         (grad_l,) = torch.autograd.grad(lop.sum(), xg, create_graph=True)
-    dts = time_derivative(
-        score_fn, x, tt, method=tm, h=h, h_s=h_s, h_d=h_d, t_min=t_min, t_max=sde.T,
-        create_graph=True,
-    )
-    return _finish(dts - grad_l, create_graph)
+    dts = _time_derivative(score_fn, x, tt, tm, h, h_s, h_d, t_min, sde.T, s_at_t=s)
+    return _finish(s, create_graph), _finish(dts - grad_l, create_graph)
 
 
 def scalar_fp_residual(

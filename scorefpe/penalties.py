@@ -170,8 +170,9 @@ def fp_penalty(
 
     eps from ``operators.fp_residual`` (default ``method="estimated"``: FP-Diffusion's
     nonuniform stencil for d_t s, one-sided near t_min and T so that s is never evaluated
-    outside [t_min, T]; Hutchinson K = 1 for div s). Cost (estimated): 3 F for d_t s, one JVP and
-    a double backward for grad_x L, and the backward of all of it.
+    outside [t_min, T]; Hutchinson K = 1 for div s). Cost (estimated): one VJP (whose forward is
+    s(x, t)) and a double backward for grad_x L, 2 F for the stencil's other nodes (the offset-0
+    node reuses s(x, t)), and the backward of all of it.
     """
     eps = operators.fp_residual(
         score_fn, sde, x, t, method=method, probe=probe, generator=generator,
@@ -308,6 +309,30 @@ class PenaltyConfig:
             raise ValueError(f"m must be a positive integer, got {self.m!r}")
 
 
+def _score_and_penalty(
+    model: ScoreFn, sde: SDE, x: Tensor, t: Tensor, cfg: PenaltyConfig,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """(s(x, t), per-sample P) for JAC, DIV, FP from one operator call: the same estimators as
+    `jacobian_penalty`, `divergence_penalty`, `fp_penalty` (the tests hold them equal)."""
+    d = _dim(x)
+    if cfg.penalty is Penalty.DIV:
+        s, div = operators.score_and_divergence(
+            model, x, t, method="hutchinson", probe=cfg.probe, generator=generator, create_graph=True
+        )
+        return s, div.pow(2) / d
+    if cfg.penalty is Penalty.JAC:
+        s, j2 = operators.score_and_jacobian_frobenius_sq(
+            model, x, t, probe=cfg.probe, generator=generator, create_graph=True
+        )
+        return s, j2 / d
+    s, eps = operators.score_and_fp_residual(
+        model, sde, x, t, method=ResidualMethod.ESTIMATED, probe=cfg.probe, generator=generator,
+        t_min=_t_floor(cfg.t_min, t), create_graph=True,
+    )
+    return s, _sq_norm(eps)
+
+
 def penalized_dsm(
     model: ScoreFn,
     sde: SDE,
@@ -327,46 +352,42 @@ def penalized_dsm(
 
     Returns LossTerms with "dsm" (weight 1) and, unless penalty is NONE, the penalty under its
     name ("fp", "sn", "jac", "div", "fpd") with weight lam. Cost: one forward for DSM, plus
-    the penalty's (see each function).
+    the penalty's (see each function); for JAC, DIV and FP the forward inside the penalty's
+    operator supplies s on the penalised samples, so the DSM forward covers only the others.
     """
     mean, std = sde.marginal(x0, t)
     xt = mean + bcast(std, x0) * z
     p = cfg.penalty
-    k = x0.shape[0] if cfg.sub_batch is None else min(cfg.sub_batch, x0.shape[0])
-    shared = None
-    if p in (Penalty.JAC, Penalty.DIV) and k == x0.shape[0] and penalty_model is None:
-        # One VJP pass gives both the score for the DSM term and the probe estimate.
-        kw = dict(method="hutchinson", probe=cfg.probe, generator=generator, create_graph=True)
-        if p is Penalty.DIV:
-            s, div = operators.score_and_divergence(model, xt.detach(), t, **kw)
-            shared = div.pow(2) / _dim(x0)
-        else:
-            kw.pop("method")
-            s, j2 = operators.score_and_jacobian_frobenius_sq(model, xt.detach(), t, **kw)
-            shared = j2 / _dim(x0)
+    b = x0.shape[0]
+    k = b if cfg.sub_batch is None else min(cfg.sub_batch, b)
+    xs, ts = xt[:k].detach(), t[:k]
+    pen = None
+    if p in (Penalty.JAC, Penalty.DIV, Penalty.FP) and penalty_model is None:
+        # The penalty's first pass (a VJP, or the VJP inside the FP residual) evaluates s on the
+        # penalised samples; the DSM term reuses it and evaluates the model only on the rest.
+        s_pen, pen = _score_and_penalty(model, sde, xs, ts, cfg, generator)
+        s = s_pen if k == b else torch.cat([s_pen, model(xt[k:], t[k:])])
     else:
         s = model(xt, t)
     terms = {"dsm": dsm_loss(s, z, std)}
     weights = {"dsm": 1.0}
     if p is Penalty.NONE:
         return LossTerms(terms, weights)
-    xs, ts = xt[:k].detach(), t[:k]
-    net = penalty_model if penalty_model is not None else model
-    if shared is not None:
-        pen = shared
-    elif p is Penalty.SN:
-        pen = score_norm_penalty(s[:k])
-    elif p is Penalty.JAC:
-        pen = jacobian_penalty(net, xs, ts, generator=generator, probe=cfg.probe)
-    elif p is Penalty.DIV:
-        pen = divergence_penalty(net, xs, ts, generator=generator, probe=cfg.probe)
-    elif p is Penalty.FP:
-        pen = fp_penalty(net, sde, xs, ts, t_min=cfg.t_min, generator=generator, probe=cfg.probe)
-    else:
-        pen = fp_diffusion_regulariser(
-            net, sde, xs, ts, alpha=cfg.alpha, beta=cfg.beta, omega=cfg.omega, m=cfg.m,
-            t_min=cfg.t_min, generator=generator, probe=cfg.probe,
-        )
+    if pen is None:
+        net = penalty_model if penalty_model is not None else model
+        if p is Penalty.SN:
+            pen = score_norm_penalty(s[:k])
+        elif p is Penalty.JAC:
+            pen = jacobian_penalty(net, xs, ts, generator=generator, probe=cfg.probe)
+        elif p is Penalty.DIV:
+            pen = divergence_penalty(net, xs, ts, generator=generator, probe=cfg.probe)
+        elif p is Penalty.FP:
+            pen = fp_penalty(net, sde, xs, ts, t_min=cfg.t_min, generator=generator, probe=cfg.probe)
+        else:
+            pen = fp_diffusion_regulariser(
+                net, sde, xs, ts, alpha=cfg.alpha, beta=cfg.beta, omega=cfg.omega, m=cfg.m,
+                t_min=cfg.t_min, generator=generator, probe=cfg.probe,
+            )
     terms[p.value] = _wide(pen)
     weights[p.value] = float(cfg.lam)
     return LossTerms(terms, weights)

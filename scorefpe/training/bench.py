@@ -50,6 +50,14 @@ class BenchRow:
     times: tuple[float, ...]
     saved_bytes: int
     cuda_peak_bytes: int | None
+    penalty_rse: tuple[float, ...] = ()
+
+    @property
+    def penalty_rel_se(self) -> float | None:
+        """Median over the timed steps of the relative standard error of the penalty term's batch
+        mean, sd(per-sample P) / sqrt(n) / mean(P) on the n = B (or sub-batch k) samples of that
+        step: the estimator's noise, which a sub-batch raises by about sqrt(B / k). None for DSM."""
+        return statistics.median(self.penalty_rse) if self.penalty_rse else None
 
     @property
     def median(self) -> float:
@@ -102,7 +110,9 @@ def bench_penalties(
     """Time ``repeats`` training steps of each variant (after a warm-up and a memory step each).
 
     images: (N >= batch, 1, 28, 28) in [0, 1], e.g. MNIST digits; default uniform noise (the
-    cost of a step does not depend on the pixel values). t ~ U[1e-5, 1], z ~ N(0, I) fixed.
+    cost of a step does not depend on the pixel values). Each timed repeat draws its own
+    t ~ U[1e-5, 1], z ~ N(0, I) and (when N > batch) images, the same for every variant, and
+    records the relative standard error of the penalty's batch mean (the estimator's noise).
     The first variant should be plain DSM (Penalty.NONE): ratios are taken against it.
     on_step: called after every step (len(variants) * (repeats + 2) calls), e.g. a progress bar.
 
@@ -141,7 +151,7 @@ def bench_penalties(
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    def step(model, opt, cfg, k: int, record: dict | None = None) -> float:
+    def step(model, opt, cfg, k: int, record: dict | None = None, values: list | None = None) -> float:
         probe_gen = torch.Generator(device=dev).manual_seed(seed + k)
         sync()
         t0 = time.perf_counter()
@@ -167,6 +177,10 @@ def bench_penalties(
         opt.step()
         sync()
         dt = time.perf_counter() - t0
+        if values is not None and cfg.penalty is not Penalty.NONE:
+            p = out.terms[cfg.penalty.value].detach().double()
+            if p.numel() > 1 and float(p.mean()) != 0.0:
+                values.append(float(p.std() / p.numel() ** 0.5 / p.mean().abs()))
         if on_step is not None:
             on_step()
         return dt
@@ -187,18 +201,27 @@ def bench_penalties(
         # Peak above what was allocated before the step (all variants' weights stay resident).
         peaks[v] = int(torch.cuda.max_memory_allocated(dev)) - before if dev.type == "cuda" else None
     times: dict[BenchVariant, list[float]] = {v: [] for v in variants}
+    values: dict[BenchVariant, list[float]] = {v: [] for v in variants}
+    pool = images.float() if images is not None else None
     for r in range(repeats):
+        draw = torch.Generator().manual_seed(seed + 1000 + r)
+        if pool is not None and pool.shape[0] > batch:
+            x0 = pool[torch.randperm(pool.shape[0], generator=draw)[:batch]].to(dev)
+        t = (1e-5 + (1 - 1e-5) * torch.rand(batch, generator=draw)).to(dev)
+        z = torch.randn(x0.shape, generator=draw).to(dev)
         for v, model, opt, cfg in setups:
-            times[v].append(step(model, opt, cfg, r + 2))
-    return [BenchRow(v, tuple(times[v]), saved[v], peaks[v]) for v in variants]
+            times[v].append(step(model, opt, cfg, r + 2, values=values[v]))
+    return [BenchRow(v, tuple(times[v]), saved[v], peaks[v], tuple(values[v])) for v in variants]
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """A markdown table: variant, median s/step (quartiles), time ratio, saved MiB, memory ratio."""
+    """A markdown table: variant, median s/step (quartiles), time ratio, saved MiB, memory ratio,
+    the relative standard error of the penalty's batch mean."""
     ref = rows[0]
     cuda = ref.cuda_peak_bytes is not None
-    head = "| step | median s/step (q25-q75) | time vs DSM | autograd-saved MiB | saved vs DSM |"
-    sep = "|---|---|---|---|---|"
+    head = ("| step | median s/step (q25-q75) | time vs DSM | autograd-saved MiB | saved vs DSM "
+            "| rel. SE of penalty (median over steps) |")
+    sep = "|---|---|---|---|---|---|"
     if cuda:
         head += " CUDA step peak MiB | peak vs DSM |"
         sep += "---|---|"
@@ -209,6 +232,8 @@ def format_table(rows: list[BenchRow]) -> str:
             f"| {r.variant.label} | {r.median:.4f} ({lo:.4f}-{hi:.4f}) | {r.median / ref.median:.2f}x "
             f"| {r.saved_bytes / 2**20:.1f} | {r.saved_bytes / max(ref.saved_bytes, 1):.2f}x |"
         )
+        rse = r.penalty_rel_se
+        line += " - |" if rse is None else f" {rse:.2f} |"
         if cuda:
             assert r.cuda_peak_bytes is not None and ref.cuda_peak_bytes is not None
             line += f" {r.cuda_peak_bytes / 2**20:.1f} | {r.cuda_peak_bytes / ref.cuda_peak_bytes:.2f}x |"
