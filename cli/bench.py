@@ -21,7 +21,7 @@ def bench() -> None:
               help="Timed steps per variant (median reported).")
 @click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0,
               show_default=True, help="U-Net width factor (1 = the papers' net).")
-@click.option("--sub-batch", type=click.IntRange(min=1), default=16, show_default=True,
+@click.option("--sub-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Also time DIV/JAC/FP evaluated on this many samples of the batch.")
 @click.option("--device", type=str, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
