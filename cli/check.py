@@ -36,7 +36,8 @@ def check(dataset: str, sde_name: str, t_min: float, seed: int, json_path: str |
     if given:
         raise click.UsageError(f"{', '.join(given)} only apply to a model check: add --model SPEC")
     from scorefpe.validation.battery import run_battery
-    from scorefpe.validation.report import atomic_write_text, format_table, plot_battery, to_json
+    from scorefpe._util import atomic_write_text
+    from scorefpe.validation.report import format_table, plot_battery, to_json
 
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")

@@ -7,7 +7,7 @@ import os
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Any, Iterator, TypeVar
 
 E = TypeVar("E", bound=Enum)
 
@@ -57,3 +57,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to ``path`` atomically (temporary file, then os.replace)."""
     atomic_write_bytes(path, text.encode())
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` atomically and close it (also on error), so a
+    failed or interrupted plot leaves neither a half-written file nor an open figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
+    return path

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 
 from scorefpe._util import parse_choice
-from scorefpe.sde import SDE, bcast
+from scorefpe.sde import SDE
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]

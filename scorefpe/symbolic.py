@@ -841,7 +841,7 @@ def render_derivation(sde: SymbolicSDE, fpe: ScoreFPE, *, latex: bool = False) -
     (vector notation and components), and whether L[s] equals FP-Diffusion Table 3's form.
     """
     show = to_latex if latex else to_text
-    x, t, dim = fpe.x, fpe.t, fpe.dim
+    x, dim = fpe.x, fpe.dim
     neg_div_f = sp.factor(-divergence(fpe.drift, x))
     vf = vector_form(fpe)
     table3 = is_zero(fpe.operator - table3_operator(sde, fpe.s))

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from scorefpe._util import save_figure
 from scorefpe.benchmarks.synthetic import GRID_BOXES, load_synthetic_run
 from scorefpe.data.synthetic import get_dataset
 from scorefpe.sde import make_sde
@@ -142,8 +143,7 @@ def plot_densities(records: list[dict[str, Any]], path: str | Path, title: str) 
             ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title: str,
@@ -174,8 +174,7 @@ def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title
     axes[0, 0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str | Path,
@@ -218,8 +217,7 @@ def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str |
             ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _run_name(rec: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from scorefpe import operators
-from scorefpe._util import atomic_output
+from scorefpe._util import save_figure
 from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve, log_t_grid
 
 Tensor = torch.Tensor
@@ -158,11 +158,7 @@ def plot_diagnostics(curves: dict[str, DiagnosticCurves], path: str | Path) -> P
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def diagnostics_for_runs(

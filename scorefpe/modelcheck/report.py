@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scorefpe._util import save_figure
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 __all__ = ["QUANTITIES", "Stat", "ModelReport", "Z95"]
@@ -182,7 +184,4 @@ class ModelReport:
         title = f"{self.meta.get('model', 'model')} ({self.meta.get('mode_short', '')}, D = {self.meta.get('dim', '?')})"
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=110, format="png")
-        plt.close(fig)
-        return path
+        return save_figure(fig, path)

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from scorefpe._util import atomic_output, atomic_write_text  # noqa: F401  (re-exported for the CLI)
+from scorefpe._util import save_figure
 from scorefpe.validation.result import CheckResult
 
 
@@ -77,8 +77,4 @@ def plot_battery(series: dict, title: str, path: str | os.PathLike) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
