@@ -1,17 +1,44 @@
-"""`scorefpe experiment table1`: every loss x seed trained, evaluated and tabulated (Table I)."""
+"""`scorefpe experiment table1` (every loss x seed trained, evaluated and tabulated: Table I) and
+`scorefpe experiment lambda-sweep` (r_FP against the penalty weight: Fig. 9)."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
+
+from cli.maps import parse_floats
 
 
 def _pos(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value <= 0:
         raise click.BadParameter(f"must be > 0, got {value}", ctx=ctx, param=param)
     return value
+
+
+def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str,
+                    data_dir: Path | None) -> None:
+    """Call ``run(data_dir=..., progress=True, echo=...)``, print its markdown and the files it
+    wrote; bad input exits 2, a diverged training exits 1 with ``diverged`` appended."""
+    from scorefpe.training.loop import NonFiniteLossError
+
+    if data_dir is not None and not data_dir.is_dir():
+        raise click.BadParameter(f"directory {str(data_dir)!r} does not exist",
+                                 param_hint="--data-dir")
+    try:
+        paths = run(data_dir=data_dir, progress=True,
+                    echo=lambda m: click.echo(f"[{tag}] {m}", err=True))
+    except (ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+    except NonFiniteLossError as err:
+        # Resuming would replay the same draws and diverge again: say so instead of retrying.
+        click.echo(f"error: {err}. {diverged}", err=True)
+        sys.exit(1)
+    click.echo(paths["md"].read_text())
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 @click.group("experiment")
@@ -46,7 +73,6 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: f
     killed training resumes from its last checkpoint.
     """
     from scorefpe.evaluation.experiment import Table1Config, check_experiment_dir, run_table1
-    from scorefpe.training.loop import NonFiniteLossError
 
     try:
         cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam,
@@ -54,18 +80,48 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: f
         check_experiment_dir(out)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    if data_dir is not None and not data_dir.is_dir():
-        raise click.BadParameter(f"directory {str(data_dir)!r} does not exist",
-                                 param_hint="--data-dir")
+    _run_experiment(functools.partial(run_table1, cfg, out), "table1",
+                    "Table I was not written; a smaller --lam needs a new --out.", data_dir)
+
+
+@experiment.command("lambda-sweep")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Sweep directory (new, empty, or one from an earlier call to resume/extend).")
+@click.option("--penalty", type=click.Choice(["fp", "sn", "jac", "div"]), default="fp",
+              show_default=True, help="The penalty whose weight is swept.")
+@click.option("--lams", type=str, default="1e-4,1e-3,1e-2", show_default=True,
+              callback=parse_floats, help="Comma-separated penalty weights lambda > 0.")
+@click.option("--seeds", type=int, default=2, show_default=True, callback=_pos,
+              help="Seeds 0..N-1 per lambda.")
+@click.option("--preset", type=str, default="smoke", show_default=True, help="smoke or tiny.")
+@click.option("--epochs", type=int, default=None, callback=_pos,
+              help="Training epochs (default: the preset's).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Also train the unpenalised runs (lambda = 0) as the reference.")
+@click.option("--points", type=int, default=32, show_default=True, callback=_pos,
+              help="Noised test images per t for r_FP(t).")
+@click.option("--n-t", type=click.IntRange(min=2), default=9, show_default=True,
+              help="Times on the log grid 1e-4..1.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="MNIST directory (default: the cache).")
+def lambda_sweep(out: Path, penalty: str, lams: tuple[float, ...], seeds: int, preset: str,
+                 epochs: int | None, baseline: bool, points: int, n_t: int,
+                 data_dir: Path | None) -> None:
+    """Train PENALTY runs at several lambdas x seeds (and the baseline), and plot r_FP(t) per
+    lambda and its time average against lambda (the 2026 paper's Fig. 9).
+
+    Writes OUT/lambda_sweep.md, OUT/lambda_sweep.json and OUT/lambda_sweep_<penalty>.png.
+    Run it again after an interruption: finished trainings and diagnostics are skipped; more
+    lambdas or seeds add runs.
+    """
+    from scorefpe.evaluation.lambda_sweep import SweepConfig, check_sweep_dir, run_lambda_sweep
+
     try:
-        paths = run_table1(cfg, out, data_dir=data_dir, progress=True,
-                           echo=lambda m: click.echo(f"[table1] {m}", err=True))
-    except (ValueError, FileNotFoundError) as e:
+        cfg = SweepConfig(penalty=penalty, lams=lams, seeds=seeds, preset=preset,
+                          epochs=epochs, baseline=baseline, n_points=points, n_t=n_t)
+        check_sweep_dir(cfg, out)
+    except ValueError as e:
         raise click.UsageError(str(e)) from None
-    except NonFiniteLossError as err:
-        # Resuming would replay the same draws and diverge again: say so instead of retrying.
-        click.echo(f"error: {err}. Table I was not written; a smaller --lam needs a new --out.",
-                   err=True)
-        sys.exit(1)
-    click.echo(paths["md"].read_text())
-    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    _run_experiment(functools.partial(run_lambda_sweep, cfg, out), "lambda-sweep",
+                    "The sweep was not summarised; drop that lambda or use a new --out.",
+                    data_dir)

@@ -18,9 +18,10 @@ def _register() -> None:
     from cli.data import data
     from cli.derive import derive
     from cli.lenet import lenet
+    from cli.maps import maps
     from cli.train import train
 
-    for command in (check, data, derive, train, bench, lenet, cauchy):
+    for command in (check, data, derive, train, bench, lenet, cauchy, maps):
         main.add_command(command)
     # likelihood, curl, benchmark, and `train synthetic` inside the train group.
     from cli import synthetic
