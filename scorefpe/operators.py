@@ -44,6 +44,7 @@ __all__ = [
     "Stencil",
     "STENCILS",
     "TimeMethod",
+    "apply_stencil",
     "divergence",
     "fp_operator",
     "fp_residual",
@@ -558,12 +559,19 @@ STENCILS: dict[str, Callable[..., Stencil]] = {
 }
 
 
-def _apply_stencil(
+def apply_stencil(
     score_fn: ScoreFn, x: Tensor, t: Tensor, st: Stencil, s_at_t: Tensor | None = None
 ) -> Tensor:
-    """sum_j w_j s(x, t + o_j), all offsets in one call on a replicated batch.
+    """The stencil's estimate of d_t s: sum_j w_j s(x, t + o_j) over its (offset, weight) nodes.
 
-    s_at_t: s(x, t) when the caller already has it; then the offset-0 node is not re-evaluated.
+    x: (B, ...), t: (B,) in x's dtype/device; returns (B, ...) like x. Cost: one call of
+    `score_fn` on a batch of m B points, m = number of nodes with w_j != 0 (minus the offset-0
+    node when `s_at_t` is given: s(x, t) the caller already has, then not re-evaluated).
+    Truncation error O(h^order) as declared by `st`; no check that t + o_j stays in [t_min, T]
+    (`time_derivative` picks one-sided stencils at the ends, use it unless testing a stencil).
+
+    Raises:
+        ValueError: `score_fn` returns a tensor not shaped like its input.
     """
     pairs = [(o, w) for o, w in zip(st.offsets, st.weights) if w != 0.0]
     w0 = 0.0
@@ -608,7 +616,7 @@ def _fd_time_derivative(
         if bool(mask.any()):
             idx = mask.nonzero().squeeze(1)
             s0 = None if s_at_t is None else s_at_t[idx]
-            out = out.index_put((idx,), _apply_stencil(score_fn, x[idx], t[idx], st, s0))
+            out = out.index_put((idx,), apply_stencil(score_fn, x[idx], t[idx], st, s0))
     return out
 
 

@@ -109,6 +109,7 @@ class ScoreFPE:
 
     @property
     def dim(self) -> int:
+        """D, the number of coordinates."""
         return len(self.x)
 
 
@@ -197,6 +198,7 @@ class SymbolicSDE:
 
     @property
     def dim(self) -> int:
+        """D, the number of coordinates."""
         return len(self.x)
 
     def expand_definitions(self, expr: Expr) -> Expr:
@@ -341,6 +343,7 @@ class VectorForm:
 
     @property
     def expr(self) -> Expr:
+        """c_div DIV_S + c_norm NORM2_S + c_xs X_DOT_S + c0 (placeholders for the s terms)."""
         return self.c_div * DIV_S + self.c_norm * NORM2_S + self.c_xs * X_DOT_S + self.c0
 
     @property
@@ -498,6 +501,16 @@ def gaussian_log_density(sde: SymbolicSDE, mean: object, cov: object) -> Expr:
     return -quad / 2 - sp.log(c.det()) / 2 - sp.Rational(dim, 2) * sp.log(2 * sp.pi)
 
 
+def _check_mixture_lengths(
+    weights: Sequence[object], means: Sequence[object], covs: Sequence[object]
+) -> None:
+    if not (len(weights) == len(means) == len(covs)) or not weights:
+        raise ValueError(
+            f"weights, means, covs must have the same non-zero length, got "
+            f"{len(weights)}, {len(means)}, {len(covs)}"
+        )
+
+
 def mixture_log_density(
     sde: SymbolicSDE, weights: Sequence[object], means: Sequence[object], covs: Sequence[object]
 ) -> Expr:
@@ -517,11 +530,7 @@ def mixture_density(
     Raises:
         ValueError: lengths differ or shapes are wrong.
     """
-    if not (len(weights) == len(means) == len(covs)) or not weights:
-        raise ValueError(
-            f"weights, means, covs must have the same non-zero length, got "
-            f"{len(weights)}, {len(means)}, {len(covs)}"
-        )
+    _check_mixture_lengths(weights, means, covs)
     return sp.Add(*[
         sp.sympify(w) * sp.exp(gaussian_log_density(sde, m, c))
         for w, m, c in zip(weights, means, covs)
@@ -557,11 +566,7 @@ def lazy_mixture_density(
     Raises:
         ValueError: lengths differ or shapes are wrong.
     """
-    if not (len(weights) == len(means) == len(covs)) or not weights:
-        raise ValueError(
-            f"weights, means, covs must have the same non-zero length, got "
-            f"{len(weights)}, {len(means)}, {len(covs)}"
-        )
+    _check_mixture_lengths(weights, means, covs)
     dim, x, t = sde.dim, sde.x, sde.t
     a, v = sde.mean_coeff, sde.marginal_var
     terms: list[Expr] = []

@@ -154,20 +154,86 @@ def test_more_probes_reduce_variance_by_k():
     assert abs(float(v1 / v8) / 8 - 1) < 0.1
 
 
-def test_image_shaped_inputs():
+def _as_image(fn, shape):
+    """Wrap a flat field fn(x (B, D), t) as one on images (B, *shape), pixels in row-major order."""
+
+    def img(x, t):
+        return fn(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+
+    return img
+
+
+@pytest.mark.parametrize("sde", SDE_LIST, ids=lambda s: type(s).__name__)
+def test_image_shaped_residual_matches_closed_form(sde):
+    # s = (A0 + t A1) x + b(t) on D = 12 pixels shaped (3, 2, 2): the residual is known in closed
+    # form (problems.timevarying_linear). Exact mode: a few hundred float64 flops on O(10) terms,
+    # so 1e-10 relative leaves 1e4 x eps margin; a mis-ordered reshape or a div f = c instead of
+    # c D (per-pixel drift) is off by O(1). Estimated mode: for a field affine in x the Hutchinson
+    # estimate v^T A(t) v does not depend on x, so grad_x L_hat = grad_x L exactly (zero
+    # variance), and the (h_s, h_d) stencil is exact for linear t-dependence up to round-off
+    # eps |s| / h ~ 1e-12: the estimate must equal the closed form to the same 1e-10.
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(12, 12, generator=g, dtype=DT)
-
-    def fn(x, t):
-        return (x.reshape(x.shape[0], -1) @ a.T).reshape(x.shape)
-
-    x = torch.randn(3, 3, 2, 2, generator=g, dtype=DT)
-    t = torch.full((3,), 0.3, dtype=DT)
-    torch.testing.assert_close(divergence(fn, x, t), torch.full((3,), float(a.trace()), dtype=DT))
-    eps = fp_residual(fn, VPSDE(), x, t)
+    d, shape = 12, (3, 2, 2)
+    a0, a1 = torch.randn(d, d, generator=g, dtype=DT), torch.randn(d, d, generator=g, dtype=DT)
+    b0, b1 = torch.randn(d, generator=g, dtype=DT), torch.randn(d, generator=g, dtype=DT)
+    flat, residual = timevarying_linear(a0, a1, b0, b1)
+    fn = _as_image(flat, shape)
+    x = torch.randn(4, *shape, generator=g, dtype=DT)
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=DT)
+    ref = residual(sde, x.reshape(4, d), t).reshape(x.shape)
+    scale = float(ref.norm())
+    torch.testing.assert_close(divergence(fn, x, t), torch.einsum("bii->b", a0[None] + t[:, None, None] * a1[None]),
+                               rtol=0, atol=1e-12 * float(a0.abs().sum() + a1.abs().sum()))
+    eps = fp_residual(fn, sde, x, t)
     assert eps.shape == x.shape
-    est = fp_residual(fn, VPSDE(), x, t, method="estimated", generator=g)
+    assert float((eps - ref).norm()) <= 1e-10 * scale
+    est = fp_residual(fn, sde, x, t, method="estimated", n_probes=3, generator=g)
     assert est.shape == x.shape
+    assert float((est - ref).norm()) <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("probe", ["gaussian", "rademacher"])
+def test_image_shaped_estimated_residual_is_unbiased(probe):
+    # A Gaussian-mixture score on D = 4 pixels shaped (1, 2, 2): its Jacobian depends on x, so the
+    # Hutchinson residual is random. Its exact residual is 0 (true score); adding
+    # sin(2 pi t) M x gives a non-zero target, computed by the exact operator on flat inputs. With
+    # N single-probe estimates at each point, the mean must lie within Z standard errors
+    # SE = std / sqrt(N) of the target (P(max |z| > 5) < 6e-7 per entry, 16 entries per case);
+    # a 1 % bias fails (SE <= 2e-3 |eps| here). time_method="exact" removes the stencil's
+    # O(h^2) bias so that only the probe noise is tested.
+    gm = _mixture(7, 2, 4, False)
+    sde = VPSDE()
+    g = torch.Generator().manual_seed(1)
+    t0 = torch.tensor([0.2, 0.5, 0.8, 0.95], dtype=DT)
+    x0, _ = sde.perturb(gm.sample(4, g), t0, g)
+    m = torch.tensor([[0.5, 1.0, 0.0, 0.0], [-1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0],
+                      [0.0, 0.0, 0.0, 0.5]], dtype=DT)
+    true = gm.score_fn(sde)
+
+    def perturbed(x, t):
+        return true(x, t) + torch.sin(2 * math.pi * t)[:, None] * (x @ m.T)
+
+    n = 2000
+    xi, ti = x0.repeat(n, 1).reshape(4 * n, 1, 2, 2), t0.repeat(n)
+    for flat, zero_target in ((true, True), (perturbed, False)):
+        target = fp_residual(flat, sde, x0, t0)
+        dts = time_derivative(flat, x0, t0)
+        # Where one component dominates, J is constant to round-off and the estimate's spread is
+        # round-off too: floor the SE at float64 eps x (size of the terms) x 1e4 for the
+        # flops/cancellation in grad_x L (observed spread there ~1e-17..1e-15).
+        floor = 1e-12 * float(dts.abs().max())
+        if zero_target:
+            assert float(target.norm()) <= 1e-9 * float(dts.norm())
+        else:
+            assert float(target.norm(dim=1).min()) > 1e-2
+        est = fp_residual(_as_image(flat, (1, 2, 2)), sde, xi, ti, method="estimated",
+                          time_method="exact", probe=probe, generator=g)
+        assert est.shape == xi.shape
+        est = est.reshape(n, 4, 4)
+        se = est.std(0) / math.sqrt(n)
+        assert float(se.max()) > 1e3 * floor  # genuinely random at some point: not vacuous
+        z = (est.mean(0) - target).abs() / se.clamp_min(floor)
+        assert float(z.max()) < Z, (zero_target, float(z.max()))
 
 
 @settings(max_examples=15, deadline=None)

@@ -116,14 +116,24 @@ def test_derivation_rejects_bad_input():
         S.derive_score_fpe((0, 0), x[0] ** 2, x, t)
 
 
-def test_derivation_for_all_dimensions_is_fast():
+def test_derivation_for_all_dimensions_is_fast_and_gives_the_known_coefficients():
+    # L[s] = c_div div s + c_norm |s|^2 + c_xs <x, s> + c0 for f = c(t) x (FP-Diffusion Table 3):
+    # c_div = c_norm = g^2/2, c_xs = -c, c0 = -div f = -D c. VE: c = 0; VP: c = -beta/2,
+    # g^2 = beta; sub-VP: c = -beta/2, g^2 = beta (1 - a^4) (kept as the function g(t)^2).
     t0 = time.perf_counter()
+    derived = {}
     for name in S.SYMBOLIC_SDES:
         for dim in (1, 2, 3):
             sde = S.symbolic_sde(name, dim)
             fpe = S.derive_score_fpe(sde.drift, sde.g2, sde.x, sde.t)  # uncached
-            assert S.vector_form(fpe) is not None
+            derived[name, dim] = (sde, S.vector_form(fpe))
     assert time.perf_counter() - t0 < 20.0
+    for (name, dim), (sde, vf) in derived.items():
+        assert vf is not None, (name, dim)
+        c = sp.S.Zero if name == "ve" else -sp.Function("beta")(sde.t) / 2
+        want = (sde.g2 / 2, sde.g2 / 2, -c, -dim * c)
+        got = (vf.c_div, vf.c_norm, vf.c_xs, vf.c0)
+        assert all(sp.simplify(a - b) == 0 for a, b in zip(got, want)), (name, dim, got, want)
 
 
 @pytest.mark.parametrize("cls", [VESDE, VPSDE, SubVPSDE])

@@ -15,12 +15,13 @@ import gzip
 import io
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from scorefpe._util import atomic_write_bytes  # re-exported: scorefpe.data.mnist imports it here
 
 __all__ = ["DataError", "DataNotFoundError", "IDX_DTYPES", "parse_idx", "idx_bytes", "read_idx",
            "write_idx", "atomic_write_bytes"]
@@ -158,29 +159,11 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(a, dtype=IDX_DTYPES[code]).tobytes()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and os.replace,
-    so a reader never sees a half-written file and a failure leaves the old file (or none)."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; data files are for every user who can read the directory.
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None) -> None:
     """Write ``array`` as an IDX file, atomically.
 
     Args:
-        path: destination; its directory must exist.
+        path: destination; missing parent directories are created.
         array: data (see :func:`idx_bytes` for the dtypes allowed).
         compress: gzip the file; by default when ``path`` ends in ``.gz``. The gzip header has
             mtime 0 and no file name, so equal arrays give byte-identical files.

@@ -13,12 +13,14 @@ x and t (log-sum-exp, Cholesky), and float64-clean.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from scorefpe.sde import SDE
 
 Tensor = torch.Tensor
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class GaussianMixture:
@@ -84,6 +86,7 @@ class GaussianMixture:
 
     @property
     def n_components(self) -> int:
+        """K, the number of mixture components."""
         return self.means.shape[0]
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "GaussianMixture":
@@ -173,10 +176,12 @@ class GaussianMixture:
         jac = (resp[..., None, None] * (outer - cinv)).sum(1)
         return jac - s[:, :, None] * s[:, None, :]
 
-    def score_fn(self, sde: SDE):
-        """The closed-form score as a ``score_fn(x, t)`` callable for the operators."""
+    def score_fn(self, sde: SDE) -> ScoreFn:
+        """The closed-form score s(x, t) = grad_x log q_t(x) under ``sde`` as a ``score_fn(x, t)``
+        callable for the operators: x (B, D), t (B,) -> (B, D); cost as `score`."""
         return lambda x, t: self.score(x, t, sde)
 
-    def log_prob_fn(self, sde: SDE):
-        """The closed-form log-density as a ``log_prob_fn(x, t)`` callable."""
+    def log_prob_fn(self, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+        """The closed-form log-density log q_t(x) under ``sde`` as a ``log_prob_fn(x, t)``
+        callable: x (B, D), t (B,) -> (B,); cost as `log_prob`."""
         return lambda x, t: self.log_prob(x, t, sde)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from scorefpe.data.mixtures import GaussianMixture
+from scorefpe.data.mixtures import GaussianMixture, ScoreFn
 from scorefpe.sde import SDE
 
 Tensor = torch.Tensor
@@ -57,6 +57,7 @@ class BoxMixture:
         self.dim = lower.shape[1]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples of q_0 (a box by weight, then uniform in it), float64, shape (n, D)."""
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         u = torch.rand(n, self.dim, generator=generator, dtype=torch.float64)
         lo, hi = self.lower[comp], self.upper[comp]
@@ -80,17 +81,32 @@ class BoxMixture:
         return self.weights.to(x).log()[None] + logp, grad
 
     def log_prob(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """log q_t(x) of the perturbed mixture, q_t = sum_k pi_k (U(box_k) pushed through
+        x(t) = a(t) x0 + sigma(t) z): per axis a difference of normal CDFs. x (B, D), t (B,)
+        -> (B,). Cost O(B K D), no model calls.
+
+        Raises:
+            ValueError: x not of shape (B, D).
+        """
         logits, _ = self._terms(x, t, sde)
         return torch.logsumexp(logits, -1)
 
     def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """s(x, t) = grad_x log q_t(x) = sum_k r_k(x) grad_x log p_k(x) (r_k the responsibilities),
+        exact. x (B, D), t (B,) -> (B, D). Cost O(B K D).
+
+        Raises:
+            ValueError: x not of shape (B, D).
+        """
         logits, grad = self._terms(x, t, sde)
         return (torch.softmax(logits, -1)[..., None] * grad).sum(1)
 
-    def score_fn(self, sde: SDE):
+    def score_fn(self, sde: SDE) -> ScoreFn:
+        """`score` under ``sde`` as a ``score_fn(x, t)`` callable for the operators."""
         return lambda x, t: self.score(x, t, sde)
 
-    def log_prob_fn(self, sde: SDE):
+    def log_prob_fn(self, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+        """`log_prob` under ``sde`` as a ``log_prob_fn(x, t)`` callable (x (B, D) -> (B,))."""
         return lambda x, t: self.log_prob(x, t, sde)
 
 
@@ -124,6 +140,7 @@ class SyntheticDataset:
 
     @property
     def has_score(self) -> bool:
+        """True when the data set has a closed-form perturbed score and density."""
         return self.truth is not None
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -138,15 +155,35 @@ class SyntheticDataset:
         return self.truth
 
     def score(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """Exact score grad_x log q_t(x) of the perturbed data, x (B, dim), t (B,) -> (B, dim).
+
+        Raises:
+            ValueError: no closed form for this data set, or x of the wrong shape.
+        """
         return self._need_truth().score(x, t, sde)
 
     def log_prob(self, x: Tensor, t: Tensor, sde: SDE) -> Tensor:
+        """Exact log q_t(x) of the perturbed data, x (B, dim), t (B,) -> (B,).
+
+        Raises:
+            ValueError: no closed form for this data set, or x of the wrong shape.
+        """
         return self._need_truth().log_prob(x, t, sde)
 
-    def score_fn(self, sde: SDE):
+    def score_fn(self, sde: SDE) -> ScoreFn:
+        """`score` under ``sde`` as a ``score_fn(x, t)`` callable for the operators.
+
+        Raises:
+            ValueError: no closed form for this data set (raised here, not at the first call).
+        """
         return self._need_truth().score_fn(sde)
 
-    def log_prob_fn(self, sde: SDE):
+    def log_prob_fn(self, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+        """`log_prob` under ``sde`` as a ``log_prob_fn(x, t)`` callable (x (B, dim) -> (B,)).
+
+        Raises:
+            ValueError: no closed form for this data set (raised here, not at the first call).
+        """
         return self._need_truth().log_prob_fn(sde)
 
 

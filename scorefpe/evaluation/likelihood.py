@@ -21,7 +21,6 @@ on its batch-mates. Record rtol, atol and nfe with any number.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +30,7 @@ from scipy.integrate import solve_ivp
 
 from scorefpe import operators
 from scorefpe._util import parse_choice
+from scorefpe.evaluation.samplers import ODE_METHODS, check_ode_options
 from scorefpe.operators import DivergenceMethod
 from scorefpe.sde import SDE, bcast
 
@@ -38,8 +38,6 @@ Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = ["LikelihoodResult", "ODE_METHODS", "log_likelihood", "probability_flow_likelihood"]
-
-ODE_METHODS = ("RK45", "RK23", "DOP853")
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,7 @@ def _check_args(sde: SDE, x: Tensor, t_min: float, rtol: float, atol: float, met
         raise ValueError("x contains NaN or inf")
     if not (isinstance(t_min, (int, float)) and 0 < t_min < sde.T):
         raise ValueError(f"t_min must lie in (0, T={sde.T}), got {t_min!r}")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
-    if method not in ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {list(ODE_METHODS)}")
+    check_ode_options(rtol, atol, method)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from scorefpe._util import parse_choice
+
 if TYPE_CHECKING:  # pragma: no cover
     from scorefpe.evaluation.lenet import LeNet
 
@@ -257,16 +259,6 @@ class ClassDistribution(Enum):
     SOFT = "soft"
 
 
-def _parse(value, enum_cls, what: str):
-    if isinstance(value, enum_cls):
-        return value
-    try:
-        return enum_cls(value)
-    except ValueError:
-        valid = [e.value for e in enum_cls]
-        raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
-
-
 def shannon_entropy(p: Tensor, unit: EntropyUnit | str = EntropyUnit.NATS) -> float:
     """H(p) = -sum_c p_c log p_c of a probability vector p (C,), with 0 log 0 = 0, in float64.
 
@@ -276,7 +268,7 @@ def shannon_entropy(p: Tensor, unit: EntropyUnit | str = EntropyUnit.NATS) -> fl
         ValueError: p not 1-D, negative or non-finite entries, or sum differing from 1 by more
             than 1e-6.
     """
-    u = _parse(unit, EntropyUnit, "entropy unit")
+    u = parse_choice(EntropyUnit, unit, "entropy unit")
     if not isinstance(p, torch.Tensor) or p.dim() != 1 or p.numel() < 1:
         raise ValueError(f"p must be a non-empty 1-D tensor, got {getattr(p, 'shape', type(p))}")
     p = p.detach().to(torch.float64)
@@ -300,7 +292,7 @@ def class_distribution(
     Raises:
         ValueError: probs not (N, C) probabilities, unknown kind.
     """
-    kind = _parse(kind, ClassDistribution, "class distribution")
+    kind = parse_choice(ClassDistribution, kind, "class distribution")
     x = _as_features(probs, "probs")
     if (x < 0).any() or ((x.sum(1) - 1).abs() > 1e-4).any():
         raise ValueError("probs must hold probabilities: non-negative rows summing to 1 (softmax)")

@@ -34,6 +34,7 @@ import torch
 from scipy.integrate import solve_ivp
 from tqdm.auto import tqdm
 
+from scorefpe._util import parse_choice
 from scorefpe.sde import SDE, bcast
 
 Tensor = torch.Tensor
@@ -42,6 +43,7 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 __all__ = [
     "ODE_METHODS",
     "Predictor",
+    "check_ode_options",
     "SAMPLERS",
     "SampleResult",
     "euler_maruyama",
@@ -80,6 +82,22 @@ class Predictor(Enum):
 
 
 ODE_METHODS = ("RK45", "RK23", "DOP853")
+
+
+def check_ode_options(rtol: float, atol: float, method: str) -> None:
+    """Validate the `scipy.integrate.solve_ivp` settings shared by the probability-flow sampler
+    and the likelihood computation.
+
+    Raises:
+        ValueError: rtol or atol not a finite number > 0, or `method` not in ODE_METHODS (the
+            message names the bad value and the valid choices).
+    """
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and math.isfinite(tol)
+                                         and tol > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; choose one of {list(ODE_METHODS)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,16 +176,6 @@ def _coef(fn: Callable[[Tensor], Tensor], t: float) -> float:
 def _time_grid(T: float, t_min: float, n_steps: int) -> np.ndarray:
     """t_0 = T > t_1 > ... > t_n = t_min, uniform steps h = (T - t_min) / n."""
     return np.linspace(T, t_min, n_steps + 1)
-
-
-def _parse_predictor(predictor: Predictor | str) -> Predictor:
-    if isinstance(predictor, Predictor):
-        return predictor
-    try:
-        return Predictor(predictor)
-    except ValueError:
-        valid = [p.value for p in Predictor]
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {valid}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,7 +331,7 @@ def predictor_corrector(
     """
     shape = _check_common(sde, shape, x_T, t_min, batch_size)
     _check_steps(n_steps)
-    pred = _parse_predictor(predictor)
+    pred = parse_choice(Predictor, predictor, "predictor")
     if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
         raise ValueError(f"snr must be a finite number > 0, got {snr!r}")
     if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
@@ -414,11 +422,7 @@ def probability_flow_ode(
         RuntimeError: the solver failed (its message is included).
     """
     shape = _check_common(sde, shape, x_T, t_min, batch_size)
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
-    if method not in ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {list(ODE_METHODS)}")
+    check_ode_options(rtol, atol, method)
 
     def checked(x: Tensor, t: Tensor) -> Tensor:
         return _checked_score(score_fn, x, t)

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from scorefpe._util import parse_choice
 from scorefpe.sde import SDE, bcast
 
 Tensor = torch.Tensor
@@ -36,14 +37,15 @@ class Param(str, Enum):
 
 
 def parse_param(value: Param | str) -> Param:
-    """Param from a string; raises ValueError naming the bad value and the valid choices."""
-    if isinstance(value, Param):
-        return value
-    try:
-        return Param(str(value).lower())
-    except ValueError:
-        valid = ", ".join(repr(p.value) for p in Param)
-        raise ValueError(f"unknown parameterisation --param {value!r}; choose one of {valid}") from None
+    """Param from a string, case-insensitively ("EPS" -> Param.EPS).
+
+    Raises:
+        ValueError: unknown value; the message names it and the valid choices.
+    """
+    if isinstance(value, str) and not isinstance(value, Param):
+        # Lower-case only a spelling that then matches, so an error names the value as given.
+        value = value.lower() if value.lower() in {p.value for p in Param} else value
+    return parse_choice(Param, value, "parameterisation --param")
 
 
 def to_score_fn(model: ScoreFn, sde: SDE, param: Param | str) -> ScoreFn:

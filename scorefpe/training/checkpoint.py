@@ -1,16 +1,21 @@
-"""Atomic files for training runs: checkpoints (torch.save) and JSON, written to a temporary file in
-the same directory, flushed to disk, then moved over the target with os.replace. A crash at any
-moment leaves either the previous file or the new one, never a truncated one."""
+"""Atomic files for training runs: checkpoints (torch.save) and JSON, written through
+:func:`scorefpe._util.atomic_output` (temporary file in the same directory, flushed to disk, then
+os.replace). A crash at any moment leaves either the previous file or the new one, never a
+truncated one. ``atomic_write_text`` is re-exported from ``scorefpe._util``."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import Any
 
 import torch
+
+from scorefpe._util import atomic_output, atomic_write_text
+
+__all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "METRICS_NAME", "FORMAT_VERSION", "atomic_write_json",
+           "atomic_write_text", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
@@ -18,39 +23,21 @@ METRICS_NAME = "metrics.jsonl"
 FORMAT_VERSION = 1
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically (see
+    :func:`scorefpe._util.atomic_output`: same mode as any other result file)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """torch.save ``state`` (plus a format version) to ``path`` atomically."""
+    """torch.save ``state`` (plus a format version) to ``path`` atomically, flushed to disk
+    before the rename; the file gets mode 0666 & ~umask like every other output."""
     payload = dict(state, format=FORMAT_VERSION)
-    _atomic_write(Path(path), lambda f: torch.save(payload, f))
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

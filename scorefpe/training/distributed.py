@@ -24,10 +24,12 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and logs."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """True when more than one process takes part (torch.distributed is in use)."""
         return self.world_size > 1
 
 
@@ -86,6 +88,11 @@ def all_reduce_max(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def barrier(info: DistInfo) -> None:
+    """Block until every process of the group reaches this call (no-op for a single process).
+
+    Raises:
+        RuntimeError: from torch.distributed, e.g. a peer died or the group timed out.
+    """
     if info.enabled:
         dist.barrier()
 

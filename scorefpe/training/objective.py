@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 from torch import nn
 
 from scorefpe.penalties import LossTerms, PenaltyConfig, penalized_dsm
@@ -15,16 +18,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def dsm_objective(sde: SDE, cfg: PenaltyConfig):
+def dsm_objective(
+    sde: SDE, cfg: PenaltyConfig
+) -> Callable[[nn.Module, torch.Tensor, StepContext], LossTerms]:
     """Loss function ``(model, x0, ctx) -> LossTerms`` for L = L_DSM + lambda P (2026 paper eq. 20).
 
     Per step: t = t_min + (T - t_min) u with u ~ U[0, 1), z ~ N(0, I), both drawn for the global
     batch from the step's shared "noise" stream (so data-parallel runs draw what one process
     draws); Hutchinson probes from the per-rank "probe" stream. See ``penalized_dsm`` for terms
-    and costs.
+    and costs. x0: (B, ...) data batch; the returned LossTerms hold per-sample terms (B,).
     """
 
-    def loss_fn(model: nn.Module, x0, ctx: StepContext) -> LossTerms:
+    def loss_fn(model: nn.Module, x0: torch.Tensor, ctx: StepContext) -> LossTerms:
         gen = ctx.generator("noise", per_rank=False)
         u = ctx.rand_rows(x0.shape[0], gen, x0.dtype)
         t = cfg.t_min + (sde.T - cfg.t_min) * u

@@ -28,6 +28,12 @@ def format_table(results: Sequence[CheckResult]) -> str:
 
 
 def to_json(results: Sequence[CheckResult], meta: dict[str, Any]) -> str:
+    """The battery as indented JSON text: the ``meta`` entries (data set, SDE, seed, machine...),
+    ``"passed"`` (all checks met their bounds) and ``"checks"``, one `CheckResult.to_dict` each.
+
+    Raises:
+        TypeError: a ``meta`` value JSON cannot encode.
+    """
     return json.dumps({**meta, "passed": all(r.passed for r in results),
                        "checks": [r.to_dict() for r in results]}, indent=2)
 

@@ -26,6 +26,11 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
+        """value <= bound (or >= for relation ">="); False for a NaN/inf value.
+
+        Raises:
+            ValueError: relation other than "<=" or ">=".
+        """
         if not math.isfinite(self.value):
             return False
         if self.relation == "<=":
@@ -35,6 +40,7 @@ class CheckResult:
         raise ValueError(f"unknown relation {self.relation!r}; use '<=' or '>='")
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, plus "passed"."""
         d = asdict(self)
         d["passed"] = self.passed
         return d
