@@ -38,16 +38,11 @@ def penalties(
     DSM + each penalty, as ratios to plain DSM, on one batch in this process."""
     import torch
 
-    from scorefpe.training.bench import bench_penalties, default_variants, format_table, machine_description
-    from scorefpe.training.checkpoint import atomic_write_text
-    from scorefpe.training.config import resolve_device
+    from cli._options import resolve_device_option
+    from scorefpe._util import atomic_write_text, machine_description
+    from scorefpe.training.bench import bench_penalties, default_variants, format_table
 
-    try:
-        dev = resolve_device(device)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter(f"{device!r}: CUDA is not available", param_hint="--device")
+    dev = resolve_device_option(device)
     if threads is not None:
         torch.set_num_threads(threads)
     images = None

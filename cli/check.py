@@ -7,12 +7,25 @@ import sys
 import time
 
 import click
+from click.core import ParameterSource
 
-from cli.modelcheck import add_model_options, run_model_check
-from scorefpe.sde import make_sde
+from cli.modelcheck import add_model_options, run_model_check, sde_from_options
+
+# Model options that also define the battery's SDE; every other model option needs --model.
+SDE_PARAMS = ("beta_min", "beta_max", "sigma_min", "sigma_max")
 
 
-@click.command()
+def _model_only_given(ctx: click.Context, model_kw: dict) -> list[str]:
+    """'--flag value' of each model-only option the user gave (command line or environment)."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [f"{flags[k]} {model_kw[k]!r}" for k in model_kw
+            if k != "model" and k not in SDE_PARAMS
+            and ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)]
+
+
+@click.command(epilog="Without --model, --beta-min/--beta-max (vp) and --sigma-min/--sigma-max "
+                      "(ve) set the SDE of the battery; every other model option needs --model "
+                      "(given without it: exit 2).")
 @click.option("--dataset", type=click.Choice(["gmm1d", "gmm2d", "gmm8"]), default="gmm2d",
               show_default=True, help="Closed-form data set whose score is the reference.")
 @click.option("--sde", "sde_name", type=click.Choice(["vp", "ve"]), default="vp", show_default=True)
@@ -23,25 +36,28 @@ from scorefpe.sde import make_sde
               help="Write the results as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
               help="Write a PNG figure of the convergence and estimator checks.")
-@click.option("--no-symbolic", is_flag=True, help="Skip the sympy cross-check section.")
+@click.option("--no-symbolic", is_flag=True,
+              help="Skip the sympy cross-check section (it uses the SDE's default parameters).")
 @add_model_options(skip=("sde", "seed"))
-def check(dataset: str, sde_name: str, t_min: float, seed: int, json_path: str | None,
-          plot_path: str | None, no_symbolic: bool, **model_kw) -> None:
+@click.pass_context
+def check(ctx: click.Context, dataset: str, sde_name: str, t_min: float, seed: int,
+          json_path: str | None, plot_path: str | None, no_symbolic: bool, **model_kw) -> None:
     """Check the score-FPE operators against closed-form scores (exit 0 if all pass, 1 if not),
     or, with --model, report how far a user's score model is from the score FPE."""
     if model_kw["model"] is not None:
         run_model_check(sde=sde_name, seed=seed, **model_kw)
         return
-    given = [f"--{k.replace('_', '-')}" for k in ("data", "shape", "out") if model_kw[k] is not None]
+    given = _model_only_given(ctx, model_kw)
     if given:
-        raise click.UsageError(f"{', '.join(given)} only apply to a model check: add --model SPEC")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise click.UsageError(f"{', '.join(given)} {verb} only to a model check: add --model SPEC")
     from scorefpe.validation.battery import run_battery
     from scorefpe._util import atomic_write_text
     from scorefpe.validation.report import format_table, plot_battery, to_json
 
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")
-    sde = make_sde(sde_name)
+    sde = sde_from_options(sde_name, {k: model_kw[k] for k in SDE_PARAMS})
     t0 = time.perf_counter()
     try:
         out = run_battery(dataset, sde, t_min=t_min, seed=seed, symbolic=not no_symbolic)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cli._options import positive_int
+
 SAMPLERS = ("em", "pc", "ode")
 
 
@@ -21,12 +23,6 @@ def _run_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     return p
 
 
-def _pos(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be > 0, got {value}", ctx=ctx, param=param)
-    return value
-
-
 def _sampler_choice(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if value not in SAMPLERS:
         raise click.BadParameter(
@@ -37,14 +33,16 @@ def _sampler_choice(ctx: click.Context, param: click.Parameter, value: str) -> s
 def _sample_options(f):
     f = click.option("--t-min", type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      default=1e-3, show_default=True, help="End time of the sampler.")(f)
-    f = click.option("--batch-size", type=int, default=500, show_default=True, callback=_pos,
+    f = click.option("--batch-size", type=int, default=500, show_default=True,
+                     callback=positive_int,
                      help="Samples per batch (the seed reproduces samples for a fixed batch size).")(f)
     f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
-    f = click.option("--steps", type=int, default=500, show_default=True, callback=_pos,
+    f = click.option("--steps", type=int, default=500, show_default=True, callback=positive_int,
                      help="Time steps of em/pc (the ode sampler is adaptive).")(f)
     f = click.option("--sampler", type=str, default="pc", show_default=True,
                      callback=_sampler_choice, help="em, pc or ode.")(f)
-    f = click.option("--n", "n", type=int, default=10_000, show_default=True, callback=_pos,
+    f = click.option("--n", "n", type=int, default=10_000, show_default=True,
+                     callback=positive_int,
                      help="Number of samples.")(f)
     return f
 
@@ -86,14 +84,14 @@ def sample(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_siz
 @click.command("eval")
 @click.argument("run_dir", callback=_run_dir)
 @_sample_options
-@click.option("--k", type=int, default=5, show_default=True, callback=_pos,
+@click.option("--k", type=int, default=5, show_default=True, callback=positive_int,
               help="Neighbours for density and coverage.")
 @click.option("--nll-n", type=click.IntRange(min=0), default=16, show_default=True,
               help="Test images for the bits/dim estimate (0 skips it).")
-@click.option("--nll-probes", type=int, default=1, show_default=True, callback=_pos)
+@click.option("--nll-probes", type=int, default=1, show_default=True, callback=positive_int)
 @click.option("--nll-tol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
               show_default=True, help="rtol = atol of the likelihood ODE.")
-@click.option("--diag-points", type=int, default=32, show_default=True, callback=_pos,
+@click.option("--diag-points", type=int, default=32, show_default=True, callback=positive_int,
               help="Points per t for the noise-level diagnostics.")
 @click.option("--diag-n-t", type=click.IntRange(min=2), default=9, show_default=True,
               help="Times on the log grid 1e-4..1.")
@@ -154,7 +152,7 @@ def report(directory: Path, out: Path | None) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, callback=lambda c, p, v: [_run_dir(c, p, x) for x in v])
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="PNG with the curves of all runs (a .json with the numbers goes beside it).")
-@click.option("--points", type=int, default=32, show_default=True, callback=_pos,
+@click.option("--points", type=int, default=32, show_default=True, callback=positive_int,
               help="Noised test images per t.")
 @click.option("--n-t", type=click.IntRange(min=2), default=9, show_default=True,
               help="Times on the log grid 1e-4..1.")

@@ -10,13 +10,7 @@ from typing import Callable
 
 import click
 
-from cli.maps import parse_floats
-
-
-def _pos(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be > 0, got {value}", ctx=ctx, param=param)
-    return value
+from cli._options import parse_floats, positive_int
 
 
 def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str,
@@ -51,15 +45,15 @@ def experiment() -> None:
               help="Experiment directory (new, empty, or one from an earlier call to resume).")
 @click.option("--preset", type=str, default="smoke", show_default=True,
               help="smoke or tiny (tiny: the whole table in a few CPU minutes).")
-@click.option("--seeds", type=int, default=None, callback=_pos,
+@click.option("--seeds", type=int, default=None, callback=positive_int,
               help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1).")
-@click.option("--epochs", type=int, default=None, callback=_pos,
+@click.option("--epochs", type=int, default=None, callback=positive_int,
               help="Training epochs (default: the preset's).")
 @click.option("--lam", type=float, default=1e-3, show_default=True,
               help="Penalty weight lambda of fp/sn/jac/div.")
-@click.option("--n-samples", type=int, default=None, callback=_pos,
+@click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
-@click.option("--steps", type=int, default=None, callback=_pos,
+@click.option("--steps", type=int, default=None, callback=positive_int,
               help="Sampler steps (default: the preset's).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MNIST directory (default: the cache).")
@@ -91,14 +85,14 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: f
               show_default=True, help="The penalty whose weight is swept.")
 @click.option("--lams", type=str, default="1e-4,1e-3,1e-2", show_default=True,
               callback=parse_floats, help="Comma-separated penalty weights lambda > 0.")
-@click.option("--seeds", type=int, default=2, show_default=True, callback=_pos,
+@click.option("--seeds", type=int, default=2, show_default=True, callback=positive_int,
               help="Seeds 0..N-1 per lambda.")
 @click.option("--preset", type=str, default="smoke", show_default=True, help="smoke or tiny.")
-@click.option("--epochs", type=int, default=None, callback=_pos,
+@click.option("--epochs", type=int, default=None, callback=positive_int,
               help="Training epochs (default: the preset's).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also train the unpenalised runs (lambda = 0) as the reference.")
-@click.option("--points", type=int, default=32, show_default=True, callback=_pos,
+@click.option("--points", type=int, default=32, show_default=True, callback=positive_int,
               help="Noised test images per t for r_FP(t).")
 @click.option("--n-t", type=click.IntRange(min=2), default=9, show_default=True,
               help="Times on the log grid 1e-4..1.")

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 from pathlib import Path
 
 import click
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _load_split(split: str, data_dir: str | None):
@@ -62,12 +50,11 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
 
     from scorefpe.evaluation.lenet import (
         LeNetTrainConfig,
-        config_dict,
         default_lenet_path,
         file_sha256,
+        lenet_train_record,
         save_lenet,
         train_lenet,
-        weights_sha256,
     )
 
     out = Path(out_path) if out_path is not None else default_lenet_path()
@@ -100,19 +87,8 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
         click.echo(f"test accuracy {acc:.4f} is below --min-accuracy {min_accuracy}; nothing written",
                    err=True)
         sys.exit(1)
-    meta = {
-        "test_accuracy": acc,
-        "n_train": int(x_train.shape[0]),
-        "n_test": int(x_test.shape[0]),
-        "config": config_dict(config),
-        "history": result.history,
-        "train_seconds": seconds,
-        "threads": torch.get_num_threads(),
-        "torch": str(torch.__version__),
-        "cpu": _cpu_name(),
-        "features": "relu(fc2): 84-d penultimate activations",
-        "weights_sha256": weights_sha256(result.model),
-    }
+    meta = lenet_train_record(result, config, n_train=x_train.shape[0], n_test=x_test.shape[0],
+                              seconds=seconds)
     save_lenet(result.model, out, meta)
     click.echo(f"weights sha256 {meta['weights_sha256']} (parameters only; same seed and threads "
                "give the same digest)")
@@ -132,12 +108,10 @@ def evaluate(model_path: str | None, data_dir: str | None, floor_n: int) -> None
     from scorefpe.evaluation.lenet import (
         default_lenet_path,
         lenet_accuracy,
-        lenet_features,
-        lenet_probs,
         load_lenet,
+        real_data_floor,
         weights_sha256,
     )
-    from scorefpe.evaluation.metrics import class_entropy, density_coverage, frechet_distance
 
     path = Path(model_path) if model_path is not None else default_lenet_path()
     try:
@@ -157,15 +131,13 @@ def evaluate(model_path: str | None, data_dir: str | None, floor_n: int) -> None
     if floor_n == 0:
         return
     x_train, _ = _load_split("train", data_dir)
-    x_train = x_train[:floor_n]
-    t0 = time.perf_counter()
-    f_test, f_train = lenet_features(model, x_test), lenet_features(model, x_train)
-    fid = frechet_distance(f_train, f_test)
-    dc = density_coverage(f_test, f_train, k=5)
-    h_test = class_entropy(lenet_probs(model, x_test))
-    h_train = class_entropy(lenet_probs(model, x_train))
-    click.echo(f"real-data floor, first {floor_n} training images vs the {x_test.shape[0]} test images "
-               f"({time.perf_counter() - t0:.1f} s):")
-    click.echo(f"  FID(LeNet) {fid:.4f}   density {dc.density:.4f}   coverage {dc.coverage:.4f} (k=5)")
-    click.echo(f"  class entropy (hard labels, nats; max ln 10 = 2.3026): training subset {h_train:.4f}, "
-               f"test {h_test:.4f}")
+    try:
+        fl = real_data_floor(model, x_train[:floor_n], x_test, k=5)
+    except ValueError as err:
+        raise click.UsageError(f"--floor-n {floor_n}: {err}") from err
+    click.echo(f"real-data floor, first {floor_n} training images vs the {fl.n_test} test images "
+               f"({fl.seconds:.1f} s):")
+    click.echo(f"  FID(LeNet) {fl.fid:.4f}   density {fl.density:.4f}   coverage {fl.coverage:.4f} "
+               f"(k={fl.k})")
+    click.echo(f"  class entropy (hard labels, nats; max ln 10 = 2.3026): training subset "
+               f"{fl.entropy_real:.4f}, test {fl.entropy_test:.4f}")

@@ -7,22 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli.evaluate import _pos, _run_dir
-
-
-def parse_floats(ctx: click.Context, param: click.Parameter, value: str | None):
-    """A comma-separated list of floats ("1e-4,0.01,1") as a tuple; None stays None."""
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}", ctx=ctx,
-                                 param=param) from None
-    if not out:
-        raise click.BadParameter(f"expected at least one number, got {value!r}", ctx=ctx,
-                                 param=param)
-    return out
+from cli._options import parse_floats, positive_int
+from cli.evaluate import _run_dir
 
 
 @click.command("maps")
@@ -35,15 +21,15 @@ def parse_floats(ctx: click.Context, param: click.Parameter, value: str | None):
 @click.option("--times", type=str, default=None, callback=parse_floats,
               help="Comma-separated times (default: the paper's 1e-4,1e-3,0.01,0.03,0.05,0.1,"
                    "0.2,0.4,0.6,0.8,1).")
-@click.option("--n-noise", type=int, default=200, show_default=True, callback=_pos,
+@click.option("--n-noise", type=int, default=200, show_default=True, callback=positive_int,
               help="Noise draws per time for the averaged maps.")
 @click.option("--method", type=click.Choice(["hutchinson", "exact"]), default="hutchinson",
               show_default=True,
               help="Jacobian diagonal of the averaged maps: exact (784 VJPs per draw) or "
                    "Hutchinson (--n-probes VJPs per draw). The one-draw maps are always exact.")
-@click.option("--n-probes", type=int, default=64, show_default=True, callback=_pos,
+@click.option("--n-probes", type=int, default=64, show_default=True, callback=positive_int,
               help="Rademacher probes per draw (hutchinson).")
-@click.option("--batch-size", type=int, default=16, show_default=True, callback=_pos,
+@click.option("--batch-size", type=int, default=16, show_default=True, callback=positive_int,
               help="Noise draws per backward pass (memory ~ batch x probes images).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the noise draws (the same draws for every run).")

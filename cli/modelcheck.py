@@ -19,7 +19,6 @@ Folding into `cli/check.py` (which already has --sde and --seed)::
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,19 +27,11 @@ from typing import Any, Callable
 import click
 import torch
 
-from scorefpe._util import atomic_write_bytes
+from cli._options import resolve_device_option
+from scorefpe._util import atomic_write_bytes, cpu_name
+from scorefpe.sde import SDES
 
 DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _parse_shape(shape: str | None) -> tuple[int, ...] | None:
@@ -55,7 +46,9 @@ def _parse_shape(shape: str | None) -> tuple[int, ...] | None:
     return dims
 
 
-def _make_sde(sde: Any, sde_params: dict[str, float | None]):
+def sde_from_options(sde: Any, sde_params: dict[str, float | None]):
+    """The SDE named by --sde with the --beta-*/--sigma-* values given (None: the default);
+    click.UsageError (exit 2) naming a parameter the SDE does not take or a bad value."""
     from scorefpe.sde import SDE, make_sde
 
     if isinstance(sde, SDE):
@@ -122,14 +115,14 @@ def model_check_command(
         raise click.UsageError(str(err)) from err
     if dtype not in DTYPES:
         raise click.UsageError(f"unknown --dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    the_sde = _make_sde(sde, dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min,
+    dev = resolve_device_option(device)
+    the_sde = sde_from_options(sde, dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min,
                                   sigma_max=sigma_max))
     try:
         grid = parse_t_grid(t_grid, the_sde.T)
         loaded = load_model(model, the_sde)
         if loaded.sde is not None:
             the_sde = loaded.sde
-        dev = torch.device(device)
         dt = DTYPES[dtype] or model_dtype(loaded.model)
         score_fn = to_score_fn(loaded.model, the_sde, p)
         gen = torch.Generator().manual_seed(seed)
@@ -154,7 +147,7 @@ def model_check_command(
                                       progress=progress)
             x0_source = "model samples (probability-flow ODE)"
         meta = dict(model=model, sde=repr(the_sde), param=p.value, x0_source=x0_source,
-                    seed=seed, machine=_cpu_name() if dev.type == "cpu" else str(dev))
+                    seed=seed, machine=cpu_name() if dev.type == "cpu" else str(dev))
         with tqdm(total=len(grid) * n_points, desc="model check", unit="pt",
                   disable=not progress) as bar:
             report = check_model(
@@ -203,7 +196,7 @@ def model_options(skip: tuple[str, ...] = ()) -> list[Callable]:
         "model": click.option("--model", "model", default=None, metavar="SPEC",
                               help="MODULE:ATTR, path/to/file.py:ATTR, FILE.pt (TorchScript) or "
                                    "a run directory; a score_fn(x, t), nn.Module or factory."),
-        "sde": click.option("--sde", "sde", type=click.Choice(["vp", "ve", "subvp"]),
+        "sde": click.option("--sde", "sde", type=click.Choice(list(SDES)),
                             default="vp", show_default=True),
         "beta_min": click.option("--beta-min", type=float, default=None, help="VP beta_min."),
         "beta_max": click.option("--beta-max", type=float, default=None, help="VP beta_max."),
@@ -232,7 +225,8 @@ def model_options(skip: tuple[str, ...] = ()) -> list[Callable]:
                  "in estimated mode (float32 stencils add round-off ~1e-7|s|/h)."),
         "dtype": click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
                               show_default=True, help="auto: the model's parameter dtype, else float64."),
-        "device": click.option("--device", default="cpu", show_default=True),
+        "device": click.option("--device", default="cpu", show_default=True,
+                               help="auto, cpu, cuda or cuda:N."),
         "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=64,
                                    show_default=True),
         "out": click.option("--out", default=None, type=click.Path(file_okay=False),

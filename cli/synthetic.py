@@ -4,32 +4,21 @@
 from __future__ import annotations
 
 import json
-import math
-import platform
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import click
 
+from cli._options import comma_list
 from scorefpe.data.synthetic import DATASETS
+from scorefpe.evaluation.likelihood import ODE_METHODS
+from scorefpe.sde import SDES
 
 DATASET_CHOICE = click.Choice(sorted(DATASETS))
-SDE_CHOICE = click.Choice(["ve", "vp", "subvp"])
-ODE_CHOICE = click.Choice(["RK45", "RK23", "DOP853"])
+SDE_CHOICE = click.Choice(list(SDES))
+ODE_CHOICE = click.Choice(list(ODE_METHODS))
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
-
-
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _write_json(path: str, obj: object) -> None:
@@ -120,31 +109,25 @@ def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_
     """NLL of a synthetic run's model by the probability-flow ODE, and its gap to the true NLL."""
     import torch
 
-    from scorefpe.evaluation.likelihood import probability_flow_likelihood
+    from scorefpe.benchmarks.synthetic import heldout_likelihood
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
-    gen = torch.Generator().manual_seed(seed)
-    x0 = ds.sample(n_points, gen)
-    tt = torch.full((n_points,), cfg.t_min, dtype=torch.float64)
-    x, _ = sde.perturb(x0, tt, gen)
-    t0 = time.perf_counter()
-    res = probability_flow_likelihood(
-        model, sde, x.float(), t_min=cfg.t_min, rtol=rtol, atol=atol, method=method,
-        divergence="exact" if n_probes is None else "hutchinson", n_probes=n_probes or 1,
-        generator=gen)
-    out = {"run_dir": str(run_dir), "weights": "ema" if ema else "raw", "n": n_points, "rtol": rtol, "atol": atol, "method": method,
-           "divergence": "exact" if n_probes is None else f"hutchinson K={n_probes}",
-           "nfe": res.nfe, "seconds": time.perf_counter() - t0,
-           "nll": float(-res.log_prob.mean()),
-           "nll_se": float(res.log_prob.std() / math.sqrt(n_points))}
+    try:
+        res = heldout_likelihood(model, sde, ds, t_min=cfg.t_min, n=n_points, dtype=torch.float32,
+                                 generator=torch.Generator().manual_seed(seed), rtol=rtol,
+                                 atol=atol, method=method, n_probes=n_probes)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    divergence = "exact" if n_probes is None else f"hutchinson K={n_probes}"
+    out = {"run_dir": str(run_dir), "weights": "ema" if ema else "raw", "n": n_points,
+           "rtol": rtol, "atol": atol, "method": method, "divergence": divergence,
+           "nfe": res["nfe"], "seconds": res["seconds"], "nll": res["nll"],
+           "nll_se": res["nll_se"]}
     click.echo(f"{ds.name} {cfg.label} ({cfg.sde}): NLL {out['nll']:.4f} ± {out['nll_se']:.4f} "
-               f"nats on {n_points} points x ~ q(t_min={cfg.t_min}); nfe {res.nfe}, "
-               f"rtol {rtol}, atol {atol}, {out['divergence']}")
-    if ds.has_score:
-        log_q = ds.log_prob(x, tt, sde)
-        diff = log_q - res.log_prob
-        out.update(true_nll=float(-log_q.mean()), gap=float(diff.mean()),
-                   gap_se=float(diff.std() / math.sqrt(n_points)))
+               f"nats on {n_points} points x ~ q(t_min={cfg.t_min}); nfe {res['nfe']}, "
+               f"rtol {rtol}, atol {atol}, {divergence}")
+    if res["gap"] is not None:
+        out.update(true_nll=res["true_nll"], gap=res["gap"], gap_se=res["gap_se"])
         click.echo(f"true NLL {out['true_nll']:.4f}; gap {out['gap']:.4f} ± {out['gap_se']:.4f}")
     else:
         click.echo(f"{ds.name} has no closed-form density: no true NLL")
@@ -199,23 +182,14 @@ def benchmark() -> None:
     """Benchmarks against ground truth."""
 
 
-def _csv(kind):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            return tuple(kind(v) for v in value.split(",") if v.strip())
-        except ValueError as err:
-            raise click.BadParameter(f"{value!r}: {err}") from err
-    return parse
-
-
 @benchmark.command("synthetic")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
-@click.option("--datasets", callback=_csv(str), default=None,
+@click.option("--datasets", callback=comma_list(str, "data set names", allow_empty=True), default=None,
               help="Comma-separated subset of " + ",".join(sorted(DATASETS)) + " (default: all).")
 @click.option("--sde", "sde_name", type=SDE_CHOICE, default="ve", show_default=True)
-@click.option("--alphas", callback=_csv(float), default="0.001,0.01", show_default=True)
+@click.option("--alphas", callback=comma_list(float, "numbers", allow_empty=True),
+              default="0.001,0.01", show_default=True,
+              help="FP regulariser weights, one model each (empty: DSM only).")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True)
 @click.option("--grid", type=click.IntRange(min=4), default=32, show_default=True)
@@ -224,8 +198,6 @@ def _csv(kind):
 def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid, n_test,
                         no_samples) -> None:
     """Train DSM and FP-regularised models on every synthetic set; write table.md and figures."""
-    import torch
-
     from scorefpe.benchmarks import report
     from scorefpe.benchmarks.synthetic import BenchmarkConfig, EvalConfig, run_benchmark
 
@@ -242,35 +214,28 @@ def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid,
         records = run_benchmark(bcfg, out, progress=True, log=click.echo)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
-    table = report.format_table(records)
     elapsed = time.perf_counter() - t0
-    compute = sum((r["train"] or {}).get("seconds", 0.0) + r["eval"]["seconds"] for r in records)
     cmd = (f"scorefpe benchmark synthetic --out {out_dir} --sde {sde_name} --alphas "
            f"{','.join(f'{a:g}' for a in bcfg.alphas)} --seeds {seeds} --steps {steps} "
            f"--grid {grid} --n-test {n_test} --datasets {','.join(bcfg.datasets)}")
-    head = (f"Command: `{cmd}`\n\nMachine: {_cpu_name()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads. Sum over models of training + evaluation time: "
-            f"{compute:.0f} s; wall time of this invocation: {elapsed:.0f} s (runs with an "
-            f"eval.json already present are reused, not retimed).\n\n")
     from scorefpe._util import atomic_write_text
 
-    atomic_write_text(out / "table.md", head + table)
-    figs = []
+    atomic_write_text(out / "table.md", report.table_markdown(records, cmd, elapsed))
     sub = f"{sde_name.upper()} SDE, {steps} steps, seeds {seeds}"
     report.plot_densities(records, out / "synthetic_density.png",
                           f"true q(t_min) vs model p(t_min) by the probability-flow ODE ({sub})")
-    report.plot_curves(records, "curl", out / "synthetic_curl.png",
-                       f"curl MSE over t: E 1/2||J - J^T||_F^2 ({sub})", "curl MSE")
-    report.plot_curves(records, "r_fp", out / "synthetic_rfp.png",
-                       f"r_FP(t) = 1/D E||eps||^2 ({sub})", "r_FP")
-    report.plot_curves(records, "r_dsm", out / "synthetic_rdsm.png",
-                       f"r_DSM(t) = 1/D E||s - grad log q_0t|| ({sub})", "r_DSM")
-    figs = ["synthetic_density.png", "synthetic_curl.png", "synthetic_rfp.png", "synthetic_rdsm.png"]
+    figs = ["synthetic_density.png"]
+    for key, name, what, ylabel in (
+            ("curl", "synthetic_curl.png", "curl MSE over t: E 1/2||J - J^T||_F^2", "curl MSE"),
+            ("r_fp", "synthetic_rfp.png", "r_FP(t) = 1/D E||eps||^2", "r_FP"),
+            ("r_dsm", "synthetic_rdsm.png", "r_DSM(t) = 1/D E||s - grad log q_0t||", "r_DSM")):
+        if report.plot_curves(records, key, out / name, f"{what} ({sub})", ylabel) is not None:
+            figs.append(name)
     if not no_samples:
         report.plot_samples(out, records, out / "synthetic_samples.png",
                             f"probability-flow ODE samples ({sub})")
         figs.append("synthetic_samples.png")
-    click.echo(table)
+    click.echo(report.format_table(records))
     click.echo(f"wrote {out / 'table.md'} and {', '.join(figs)} in {out_dir} "
                f"({time.perf_counter() - t0:.0f} s)")
 

@@ -1,9 +1,11 @@
-"""Small shared helpers: parsing closed choices and writing files atomically."""
+"""Small shared helpers: parsing closed choices, writing files atomically, naming the machine."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
+import subprocess
 import tempfile
 from enum import Enum
 from pathlib import Path
@@ -71,3 +73,36 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def cpu_name() -> str:
+    """The CPU model name, as `lscpu` prints it under "Model name" (e.g. "Intel(R) Xeon(R)
+    Processor"): read from /proc/cpuinfo, else from lscpu (CPUs whose cpuinfo has no model
+    name), else platform.processor() / platform.machine(), else "unknown CPU"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description(device: Any = "cpu") -> str:
+    """"<CPU model or GPU name>; torch <version>; <n> thread(s)" for the results files.
+
+    ``device``: a torch.device or its spelling; a CUDA device is named by
+    torch.cuda.get_device_name, anything else by `cpu_name`.
+    """
+    import torch
+
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} thread(s)"

@@ -99,6 +99,8 @@ def test_parse_param_rejects_unknown():
     assert parse_param("EPS") is Param.EPS
     with pytest.raises(ValueError, match="'v'.*'score', 'eps', 'x0'"):
         parse_param("v")
+    with pytest.raises(ValueError, match="'V'.*'score', 'eps', 'x0'"):  # named as given
+        parse_param("V")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +389,7 @@ def _run(args):
         (["--model", "{f}:score", "--data", "gmm2d", "--sde", "ve", "--beta-min", "0.2"],
          "beta_min"),
         (["--model", "{f}:score"], "--shape"),
+        (["--model", "{f}:score", "--data", "gmm2d", "--device", "bogus"], "'bogus'"),
         (["--data", "gmm2d"], "add --model"),
     ],
 )

@@ -10,13 +10,14 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import main
-from scorefpe.benchmarks.report import format_table
+from scorefpe.benchmarks.report import compute_seconds, format_table, plot_curves, table_markdown
 from scorefpe.benchmarks.synthetic import (
     BenchmarkConfig,
     EvalConfig,
     SyntheticRunConfig,
     _grid_divergences,
     evaluate_score,
+    heldout_likelihood,
     load_synthetic_run,
     train_synthetic_run,
 )
@@ -101,6 +102,41 @@ def test_closed_form_score_scores_as_ground_truth():
     assert ev2["curl_mse"] < 1e-20 and ev2["r_fp"] < 1e-20
 
 
+def test_heldout_likelihood_of_the_exact_score_has_no_gap():
+    # With the exact score the ODE density p_{t_min} is q_{t_min} except for (a) the ODE's
+    # error and (b) the prior N(0, I) standing in for q_T. (b): KL(q_T || N(0, I)) <= mean over
+    # components of 1/2 (a^2 |m|^2 + D (s - 1 - ln s)), s = 1 - a^2 (1 - std^2), a = a(T), for
+    # gmm8 (|m| = 1, std 0.1) about 2e-5, plus its sampling noise (in gap_se). (a): RK45 keeps
+    # each step's local error below atol + rtol |y|, at most nfe / 6 steps, |y| < 20 here
+    # (|x| < 5, |log q_{t_min} - log N| < 15 nats).
+    sde, ds = VPSDE(), get_dataset("gmm8")
+    tol, n = 1e-6, 32
+    a2 = float(sde.mean_coeff(torch.tensor(sde.T, dtype=torch.float64))) ** 2
+    s = 1 - a2 * (1 - 0.1**2)
+    kl_prior = 0.5 * (a2 * 1.0**2 + 2 * (s - 1 - math.log(s)))
+
+    def run(score_fn):
+        return heldout_likelihood(score_fn, sde, ds, t_min=1e-3, n=n, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(0), rtol=tol, atol=tol)
+
+    exact = ds.score_fn(sde)
+    res = run(exact)
+    ode_err = res["nfe"] / 6 * (tol + tol * 20)
+    assert abs(res["gap"]) < 4 * res["gap_se"] + kl_prior + ode_err
+    assert res["nll"] == pytest.approx(res["true_nll"], abs=4 * res["gap_se"] + kl_prior + ode_err)
+    # A wrong score (10 % too small) fails the same bound.
+    bad = run(lambda x, t: 0.9 * exact(x, t))
+    assert bad["gap"] > 10 * (4 * res["gap_se"] + kl_prior + ode_err)
+    # Without a closed-form density there is no gap; bad sizes are refused.
+    sw = heldout_likelihood(exact, sde, get_dataset("swissroll"), t_min=1e-3, n=4,
+                            dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                            rtol=1e-3, atol=1e-3)
+    assert sw["gap"] is None and sw["true_nll"] is None and math.isfinite(sw["nll"])
+    with pytest.raises(ValueError, match="n must be"):
+        heldout_likelihood(exact, sde, ds, t_min=1e-3, n=1, dtype=torch.float64,
+                           generator=torch.Generator())
+
+
 def test_format_table_rows():
     ev = {"nll": 1.0, "true_nll": 0.5, "gap": 0.5, "kl": 0.1, "tv": 0.2, "curl_mse": 0.3,
           "r_fp": 4.0, "r_dsm": 5.0}
@@ -115,6 +151,34 @@ def test_format_table_rows():
     assert len(rows) == 2 + 3
     assert rows[2].startswith("| gmm2d | DSM | 0,1 | 2 ± 1.4 |")
     assert "FP a=0.01" in rows[3] and "closed form" in rows[4]
+
+
+def test_table_markdown_header_and_compute_time():
+    from scorefpe._util import cpu_name
+
+    ev = {"nll": 1.0, "true_nll": 0.5, "gap": 0.5, "kl": 0.1, "tv": 0.2, "curl_mse": 0.3,
+          "r_fp": 4.0, "r_dsm": 5.0, "seconds": 2.5}
+    recs = [{"dataset": "gmm2d", "model": "DSM", "seed": 0, "train": {"seconds": 10.0,
+                                                                     "steps_per_s": 1.0},
+             "eval": ev},
+            {"dataset": "gmm2d", "model": "closed form", "seed": None, "train": None, "eval": ev}]
+    assert compute_seconds(recs) == 10.0 + 2.5 + 2.5
+    text = table_markdown(recs, "scorefpe benchmark synthetic --out X", 99.0)
+    assert text.startswith("Command: `scorefpe benchmark synthetic --out X`\n\n")
+    assert (f"Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} "
+            "threads. Sum over models of training + evaluation time: 15 s; wall time of this "
+            "invocation: 99 s") in text
+    assert text.endswith(format_table(recs))
+
+
+def test_plot_curves_skips_a_curve_no_data_set_has(tmp_path):
+    # 1-D sets have no curl: no empty figure (matplotlib refuses 0 panels), None returned.
+    rec = {"dataset": "gmm1d", "model": "DSM", "seed": 0, "train": None,
+           "eval": {"curves": {"r_fp": {"t": [0.1, 1.0], "mean": [1.0, 2.0], "se": [0.0, 0.0]}}}}
+    assert plot_curves([rec], "curl", tmp_path / "c.png", "title", "y") is None
+    assert not (tmp_path / "c.png").exists()
+    assert plot_curves([rec], "r_fp", tmp_path / "r.png", "title", "y") == tmp_path / "r.png"
+    assert (tmp_path / "r.png").stat().st_size > 1000
 
 
 def test_benchmark_config_validates():
@@ -146,14 +210,33 @@ def test_cli_train_likelihood_curl(tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
     r = runner.invoke(main, ["likelihood", str(tmp_path / "run"), "--n", "8", "--rtol", "1e-3",
-                             "--atol", "1e-3", "--json", str(tmp_path / "lik.json")])
+                             "--atol", "1e-3", "--seed", "5", "--json", str(tmp_path / "lik.json")])
     assert r.exit_code == 0, r.output
     out = json.loads((tmp_path / "lik.json").read_text())
-    assert math.isfinite(out["nll"]) and out["gap"] == pytest.approx(out["nll"] - out["true_nll"])
-    r = runner.invoke(main, ["curl", str(tmp_path / "run"), "--n-t", "2", "--n-points", "4",
-                             "--closed-form"])
-    assert r.exit_code == 0, r.output
-    assert "time-averaged curl MSE" in r.output
+    # The CLI passes its run, seed and tolerances to the library: the same numbers come back.
+    model, cfg = load_synthetic_run(tmp_path / "run", ema=False)
+    ds, sde = get_dataset("gmm2d"), VPSDE()
+    lib = heldout_likelihood(model, sde, ds, t_min=cfg.t_min, n=8, dtype=torch.float32,
+                             generator=torch.Generator().manual_seed(5), rtol=1e-3, atol=1e-3)
+    for k in ("nll", "nll_se", "true_nll", "gap", "gap_se", "nfe"):
+        assert out[k] == pytest.approx(lib[k], rel=1e-12), k
+    assert out["nll_se"] > 0 and out["gap_se"] > 0
+    # Curl of the exact score, a gradient: float64 round-off only. For gmm2d under VP every
+    # component of q_t has covariance I, so J = -I + w1 w2 a(t)^2 (m1 - m2)(m1 - m2)^T and
+    # ||J|| <= 1 + |m1 - m2|^2 / 4 = 26; with ~10 rounding steps per entry the asymmetry
+    # |J12 - J21| <= 2 * 10 eps ||J|| = 1.2e-13, so 1/2 ||J - J^T||_F^2 = (J12 - J21)^2 < 1e-25.
+    eps = torch.finfo(torch.float64).eps
+    bound = (2 * 10 * eps * (1 + 10.0**2 * 2 / 4)) ** 2
+    for flag, js in (("--closed-form", "curl_cf.json"), (None, "curl_model.json")):
+        args = ["curl", str(tmp_path / "run"), "--n-t", "3", "--n-points", "16",
+                "--json", str(tmp_path / js)] + ([flag] if flag else [])
+        r = runner.invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert "time-averaged curl MSE" in r.output
+    cf = json.loads((tmp_path / "curl_cf.json").read_text())
+    assert cf["what"] == "closed-form score" and 0 <= cf["time_average"] < bound
+    # The bound separates: a network (not a gradient by construction) is far above it.
+    assert json.loads((tmp_path / "curl_model.json").read_text())["time_average"] > 1e6 * bound
     # A second fresh run into the same directory is refused.
     r = _train_cli(runner, tmp_path / "run")
     assert r.exit_code == 2 and "checkpoint" in r.output

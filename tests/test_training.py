@@ -184,6 +184,29 @@ def test_failed_checkpoint_write_keeps_the_old_file(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoint_and_json_files_get_the_umask_mode_not_0600(tmp_path, umask):
+    # All writers share scorefpe._util.atomic_output: mkstemp's 0600 must be replaced by
+    # 0666 & ~umask, the mode open() would give a new file.
+    import os
+    import stat
+
+    from scorefpe._util import atomic_write_text
+    from scorefpe.training.checkpoint import atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "ck.pt", {"step": 1})
+        atomic_write_json(tmp_path / "c.json", {"a": 1})
+        atomic_write_text(tmp_path / "ref.txt", "x")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    modes = {n: stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("ck.pt", "c.json", "ref.txt")}
+    assert modes == {"ck.pt": want, "c.json": want, "ref.txt": want}
+    assert json.loads((tmp_path / "c.json").read_text()) == {"a": 1}
+
+
 def test_load_run_returns_the_ema_weights(tmp_path):
     run = _tiny_run(max_steps=2, penalty="none", lam=0.0)
     train_mnist(run, tmp_path, images=IMAGES)
@@ -371,5 +394,34 @@ def test_cli_bench_penalties_tiny(tmp_path):
                   "dsm+fp (sub-batch 2)"):
         assert label in text
     assert "Machine:" in text and "1.00x" in text
+    from scorefpe._util import machine_description
+
+    assert f"Machine: {machine_description('cpu')}" in text
     res = CliRunner().invoke(main, ["bench", "penalties", "--device", "tpu"])
     assert res.exit_code == 2 and "'tpu'" in res.output
+
+
+def test_machine_name_helpers(monkeypatch):
+    import platform
+    import shutil
+    import subprocess
+
+    import torch
+
+    from scorefpe import _util
+
+    name = _util.cpu_name()
+    assert name and "\n" not in name
+    lscpu = shutil.which("lscpu")
+    if lscpu is not None:  # the name docs quote from `lscpu | grep 'Model name'`
+        out = subprocess.run([lscpu], capture_output=True, text=True).stdout
+        model = [ln.split(":", 1)[1].strip() for ln in out.splitlines()
+                 if ln.startswith("Model name")]
+        if model:
+            assert name == model[0]
+    assert _util.machine_description(torch.device("cpu")) == (
+        f"{name}; torch {torch.__version__}; {torch.get_num_threads()} thread(s)")
+    # Neither /proc/cpuinfo nor lscpu: the platform's answer, never an empty string.
+    monkeypatch.setattr(_util.Path, "read_text", lambda self: "")
+    monkeypatch.setattr(_util.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert _util.cpu_name() == (platform.processor() or platform.machine() or "unknown CPU")

@@ -11,12 +11,20 @@ from typing import Any
 
 import torch
 
-from scorefpe._util import save_figure
+from scorefpe._util import cpu_name, save_figure
 from scorefpe.benchmarks.synthetic import GRID_BOXES, load_synthetic_run
 from scorefpe.data.synthetic import get_dataset
 from scorefpe.sde import make_sde
 
-__all__ = ["format_table", "model_order", "plot_curves", "plot_densities", "plot_samples"]
+__all__ = [
+    "compute_seconds",
+    "format_table",
+    "model_order",
+    "plot_curves",
+    "plot_densities",
+    "plot_samples",
+    "table_markdown",
+]
 
 
 def model_order(records: list[dict[str, Any]]) -> list[str]:
@@ -78,6 +86,23 @@ def format_table(records: list[dict[str, Any]]) -> str:
                 f"{_agg([e['r_fp'] for e in ev])} | {_agg([e['r_dsm'] for e in ev])} | {tr} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def compute_seconds(records: list[dict[str, Any]]) -> float:
+    """Training plus evaluation seconds summed over the records (the closed form has no
+    training; a reused run counts the time recorded when it was made)."""
+    return sum((r["train"] or {}).get("seconds", 0.0) + r["eval"]["seconds"] for r in records)
+
+
+def table_markdown(records: list[dict[str, Any]], command: str, wall_seconds: float) -> str:
+    """table.md of the benchmark: the command that made it, the machine (CPU model, torch
+    version and threads), the summed compute time (`compute_seconds`) and this invocation's wall
+    time, then `format_table`."""
+    head = (f"Command: `{command}`\n\nMachine: {cpu_name()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads. Sum over models of training + evaluation time: "
+            f"{compute_seconds(records):.0f} s; wall time of this invocation: {wall_seconds:.0f} s "
+            f"(runs with an eval.json already present are reused, not retimed).\n\n")
+    return head + format_table(records)
 
 
 def _plt():
@@ -147,12 +172,16 @@ def plot_densities(records: list[dict[str, Any]], path: str | Path, title: str) 
 
 
 def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title: str,
-                ylabel: str) -> None:
+                ylabel: str) -> Path | None:
     """One panel per data set: curve ``key`` ('curl', 'r_fp', 'r_dsm') over t for each model,
-    mean over seeds with the seed range shaded; log scale (values below 1e-40 drawn at 1e-40)."""
-    plt = _plt()
+    mean over seeds with the seed range shaded; log scale (values below 1e-40 drawn at 1e-40).
+    Returns the path written, or None (nothing written) when no data set has that curve (the
+    curl of 1-D sets)."""
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in records)
                 if any(key in r["eval"]["curves"] for r in records if r["dataset"] == d)]
+    if not datasets:
+        return None
+    plt = _plt()
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 3.0), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for lab in model_order([r for r in records if r["dataset"] == d]):
@@ -174,7 +203,7 @@ def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title
     axes[0, 0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str | Path,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from scorefpe._util import atomic_output, atomic_write_text
+from scorefpe._util import atomic_output, atomic_write_text, machine_description
 from scorefpe.evaluation.samplers import get_sampler
 
 Tensor = torch.Tensor
@@ -58,7 +57,6 @@ __all__ = [
     "dequantize",
     "evaluate_run",
     "load_or_sample",
-    "machine_name",
     "nll_bits_per_dim",
     "sample_run",
     "save_sample_grid",
@@ -289,19 +287,6 @@ def nll_bits_per_dim(
     }
 
 
-def machine_name() -> str:
-    """CPU model name (from /proc/cpuinfo where readable) and the number of torch threads."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, torch threads {torch.get_num_threads()}"
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation settings: the samples, k of density/coverage, how many test images for the
@@ -453,7 +438,7 @@ def evaluate_run(
         nll_note=note,
         time_per_epoch=time_per_epoch(run_dir),
         diagnostics_png=diag_png,
-        machine=machine_name(),
+        machine=machine_description(),
         seconds=time.perf_counter() - t_start,
     )
 

@@ -14,7 +14,6 @@ recorded with saved-tensor hooks): the activation memory, which is what a penalt
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -67,23 +66,6 @@ class BenchRow:
     def quartiles(self) -> tuple[float, float]:
         q = statistics.quantiles(self.times, n=4) if len(self.times) > 1 else [self.times[0]] * 3
         return q[0], q[2]
-
-
-def machine_description(device: torch.device) -> str:
-    """CPU model (from /proc/cpuinfo) or GPU name, and the torch version / thread count."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or "unknown CPU"
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-    return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} thread(s)"
 
 
 def default_variants(batch: int, sub_batch: int | None) -> list[BenchVariant]:
