@@ -35,7 +35,8 @@ import torch
 from scorefpe._util import parse_choice
 from scorefpe.data.synthetic import DATASETS, SyntheticDataset, get_dataset
 from scorefpe.evaluation.conservativity import curl_mse_curve, time_average, uniform_t_grid
-from scorefpe.evaluation.likelihood import ODE_METHODS, probability_flow_likelihood
+from scorefpe.evaluation.likelihood import probability_flow_likelihood
+from scorefpe.evaluation.samplers import check_ode_options
 from scorefpe.models import MLPConfig, MLPScoreNet
 from scorefpe.penalties import Omega, Penalty, PenaltyConfig
 from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve
@@ -234,12 +235,7 @@ class EvalConfig:
             raise ValueError(f"grid must be an integer >= 4, got {self.grid!r}")
         if self.n_t < 2 or self.n_points < 2:
             raise ValueError(f"n_t and n_points must be >= 2, got {self.n_t}, {self.n_points}")
-        if self.method not in ODE_METHODS:
-            raise ValueError(f"unknown ODE method {self.method!r}; choose one of {list(ODE_METHODS)}")
-        for name in ("rtol", "atol"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        check_ode_options(self.rtol, self.atol, self.method)
 
 
 def grid_points(name: str, dim: int, n: int) -> tuple[Tensor, float, Tensor]:
