@@ -17,12 +17,18 @@ def _build(cfg, dataset, sde):
     import torch
 
     from scorefpe.models.mlp import MLPConfig
-    from scorefpe.pinn import PreconditionedScore, data_scale
+    from scorefpe.pinn import PreconditionedScore, Preconditioning, data_scale, local_scale
 
-    sd = data_scale(dataset.sample(20000, torch.Generator().manual_seed(cfg.seed + 1000)))
-    model = PreconditionedScore(MLPConfig(dim=dataset.dim, hidden=cfg.hidden, depth=cfg.depth), sde, sd,
-                                seed=cfg.seed)
-    return model
+    gen = torch.Generator().manual_seed(cfg.seed + 1000)
+    x0 = dataset.sample(20000, gen)
+    sigma_local = None
+    if Preconditioning(cfg.precond) is Preconditioning.LOCAL:
+        # The initial score's RMS on q_{t_min} (the initial-condition points' distribution).
+        t = torch.full((x0.shape[0],), cfg.t_min, dtype=x0.dtype)
+        x, _ = sde.perturb(x0, t, gen)
+        sigma_local = local_scale(dataset.score_fn(sde)(x, t), sde, cfg.t_min)
+    return PreconditionedScore(MLPConfig(dim=dataset.dim, hidden=cfg.hidden, depth=cfg.depth), sde,
+                               data_scale(x0), sigma_local=sigma_local, t_min=cfg.t_min, seed=cfg.seed)
 
 
 def _run_one(cfg, dataset, sde, run_dir: Path, resume: bool, checkpoint_every: int, label: str,
@@ -190,8 +196,11 @@ def _density_figure(out: Path, models: dict, sde, dataset, t_min: float, n_grid:
               help="exact: forward-mode d_t s, exact div; estimated: FD stencil + Hutchinson.")
 @click.option("--init", "init", type=click.Choice(["exact", "dsm"]), default="exact", show_default=True,
               help="Initial condition at t_min: the exact score, or DSM at t_min (noisy-data variant).")
-@click.option("--weighting", type=click.Choice(["natural", "none"]), default="none", show_default=True,
-              help="Residual weight w(t): c(t)^3/g(t)^2 (every noise level counts) or 1 (the paper).")
+@click.option("--weighting", type=click.Choice(["natural", "none"]), default="natural", show_default=True,
+              help="Residual weight w(t): b(t)^3/g(t)^2 (every noise level counts) or 1 (the paper).")
+@click.option("--precond", type=click.Choice(["local", "global"]), default=None,
+              help="Model wrapper: local (scale from the initial score's RMS, time tau(t); the default) or "
+                   "global (the first version: scale from the data's spread, raw t; the default with --init dsm).")
 @click.option("--collocation", type=click.Choice(["data", "mixed"]), default="data", show_default=True,
               help="data: perturbed data (the paper); mixed: half uniform on the widened data box.")
 @click.option("--ic-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
@@ -218,7 +227,7 @@ def _density_figure(out: Path, models: dict, sde, dataset, t_min: float, n_grid:
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop training at this step (checkpoint saved, no evaluation); continue with --resume.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run directory.")
-def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, collocation, ic_weight, lr, hidden,
+def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, ic_weight, lr, hidden,
            depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps, density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
     """Learn all scores from the score FPE and the score at t_min alone (FP-Diffusion Sec. 6.1)."""
@@ -239,7 +248,8 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
     try:
         cfg = CauchyConfig(dataset=dataset, sde=sde_name, steps=steps, batch=batch, batch_ic=batch_ic,
                            lr=lr, lr_final=lr / 100, ic_weight=ic_weight, residual=residual,
-                           weighting=weighting, collocation=collocation, init=init, t_min=t_min, hidden=hidden, depth=depth,
+                           weighting=weighting, precond=precond or ("global" if init == "dsm" else "local"),
+                           collocation=collocation, init=init, t_min=t_min, hidden=hidden, depth=depth,
                            seed=seed)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
@@ -253,7 +263,7 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
     if baseline:
         runs["dsm"] = replace(cfg, objective="dsm", init="exact", dsm_batch=n_eval)
     click.echo(f"scorefpe cauchy: dataset={dataset} sde={sde_name} ({sde}) steps={steps} residual={residual} "
-               f"init={init} weighting={weighting}; {n_eval} model evaluations per step")
+               f"init={init} weighting={weighting} precond={cfg.precond}; {n_eval} model evaluations per step")
     results, samples, models = {}, {}, {}
     for name, c in runs.items():
         info = _run_one(c, ds, sde, out_dir / name, resume, checkpoint_every, name, stop_after)

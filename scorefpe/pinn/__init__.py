@@ -5,12 +5,13 @@ condition s~(., t_min) = s(., t_min) alone (no denoising score matching), and me
 closed-form scores. See `docs/results/cauchy.md`.
 """
 
-from scorefpe.pinn.model import PreconditionedScore, data_scale
+from scorefpe.pinn.model import PreconditionedScore, data_scale, local_scale
 from scorefpe.pinn.solver import (
     CauchyConfig,
     Collocation,
     InitCondition,
     Objective,
+    Preconditioning,
     TrainState,
     Weighting,
     cauchy_loss,
@@ -35,6 +36,7 @@ __all__ = [
     "InitCondition",
     "Objective",
     "PreconditionedScore",
+    "Preconditioning",
     "TrainState",
     "Weighting",
     "cauchy_loss",
@@ -43,6 +45,7 @@ __all__ = [
     "dsm_baseline_loss",
     "evals_per_step",
     "evaluate_model",
+    "local_scale",
     "make_loss",
     "mode_weights",
     "score_error_curve",

@@ -1,6 +1,6 @@
 """The Cauchy-problem loss of FP-Diffusion Sec. 6.1 (eqs. 20-21) and a small training loop.
 
-    loss = E_{t, x ~ q_t} w(t)^2 ||eps[s~](x, t)||^2 / D  +  lambda_0 E_{x ~ q_{t_min}} c(t_min)^2 ||s~(x, t_min) - s(x, t_min)||^2 / D
+    loss = E_{t, x ~ q_t} w(t)^2 ||eps[s~](x, t)||^2 / D  +  lambda_0 E_{x ~ q_{t_min}} b(t_min)^2 ||s~(x, t_min) - s(x, t_min)||^2 / D
 
 eps[s] = d_t s - grad_x L[s] is `scorefpe.operators.fp_residual` (exact: forward-mode d_t s,
 exact divergence; estimated: FP-Diffusion's finite-difference stencil and Hutchinson). Collocation
@@ -12,16 +12,16 @@ No denoising score matching enters the loss, except in the ``init=dsm`` variant,
 initial score is replaced by the DSM target -z / std(t_min) at t_min (the paper's suggestion
 for data without a known score).
 
-Weighting w(t) (``Weighting.NATURAL``, default): w = c(t)^3 / g(t)^2 with c(t)^2 = a^2
-sigma_data^2 + v(t). Why: the score has size ~ 1/c and changes on the time scale
-d tau = g^2 / c^2 dt (for VE, tau = log c^2), so d_t s ~ g^2 / c^3. Unweighted, eps at t = 1
-(VE: g^2/c^3 ~ 0.3) outweighs eps near t_min (~ 3e-5 for gmm2d) by ~1e4 and the small noise
-levels, where the initial condition has to be carried forward, do not count. w(t) eps is the
-residual of the dimensionless score c s in the natural time tau: O(1) at every noise level.
-``Weighting.NONE`` is the paper's unweighted residual, and the default: measured on gmm2d (VE),
-the natural weighting traps the solver in the exact but wrong solution -x / c(t)^2 (the score
-of N(0, c^2 I), which the model starts at): near t_min, w ~ 4e4 makes any t-dependence so
-costly that the initial-condition term stays at its starting value (docs/results/cauchy.md).
+Weighting w(t) (``Weighting.NATURAL``, the default): w = b(t)^3 / g(t)^2, b the model's output
+scale (`PreconditionedScore.out_scale`: 1 / b is the RMS score size). Why: the score has size
+~ 1/b and changes on the time scale d tau = g^2 / b^2 dt, so d_t s ~ g^2 / b^3; w(t) eps is the
+residual of the dimensionless score b s in that natural time, O(1) at every noise level.
+Unweighted (``Weighting.NONE``, the paper's), the residual is dominated by the t where g^2 / b^3
+peaks: on gmm8 and gmm1d the solver then settles on a smooth exact solution that ignores the
+initial condition. With the first preconditioning (``Preconditioning.GLOBAL``: c in place of b,
+raw time; kept to reproduce the first runs) the natural weight was ~4e4 at t_min on gmm2d and
+trapped the solver instead; there the unweighted residual was the working choice
+(docs/results/cauchy.md).
 """
 
 from __future__ import annotations
@@ -52,10 +52,19 @@ class InitCondition(str, Enum):
 
 
 class Weighting(str, Enum):
-    """Per-time weight w(t) of the residual: c^3 / g^2 (natural time, dimensionless) or 1."""
+    """Per-time weight w(t) of the residual: b^3 / g^2 (natural time, dimensionless) or 1."""
 
     NATURAL = "natural"
     NONE = "none"
+
+
+class Preconditioning(str, Enum):
+    """The model's wrapper (`scorefpe.pinn.model`): ``local`` scales by b(t), the RMS size of
+    the initial score carried forward (needs the exact initial score), with the network's time
+    tau(t); ``global`` is the first version (scale c(t) from the data's spread, raw time)."""
+
+    LOCAL = "local"
+    GLOBAL = "global"
 
 
 class Collocation(str, Enum):
@@ -81,7 +90,8 @@ class CauchyConfig:
     steps: optimiser steps; batch: collocation points per step; batch_ic: initial-condition
     points per step; lr: peak Adam step size (cosine decay to lr_final); ic_weight: lambda_0;
     residual: exact or estimated residual; n_probes: Hutchinson probes (estimated only);
-    weighting: w(t); init: exact or dsm initial condition; t_min: start time; seed: all
+    weighting: w(t); precond: the model's wrapper (`Preconditioning`); init: exact or dsm
+    initial condition; t_min: start time; seed: all
     randomness (model init and the data/time/noise stream); objective: pinn or dsm;
     dsm_batch: batch of the DSM baseline (None: `evals_per_step` of the PINN config, so both
     spend the same number of model evaluations per step).
@@ -97,7 +107,8 @@ class CauchyConfig:
     ic_weight: float = 1.0
     residual: str = "exact"
     n_probes: int = 1
-    weighting: str = "none"
+    weighting: str = "natural"
+    precond: str = "local"
     init: str = "exact"
     t_min: float = 1e-3
     hidden: int = 128
@@ -128,6 +139,10 @@ class CauchyConfig:
         parse_choice(InitCondition, self.init, "initial condition")
         parse_choice(Objective, self.objective, "objective")
         parse_choice(Collocation, self.collocation, "collocation")
+        parse_choice(Preconditioning, self.precond, "preconditioning")
+        if self.precond == Preconditioning.LOCAL and self.init == InitCondition.DSM:
+            raise ValueError("precond='local' needs the exact initial score (its RMS sets the scale); "
+                             "with init='dsm' use precond='global'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,7 +164,7 @@ def evals_per_step(cfg: CauchyConfig, dim: int) -> int:
 
 
 def residual_weight(model_scale: Callable[[Tensor], Tensor], sde: SDE, t: Tensor, weighting: Weighting) -> Tensor:
-    """w(t), shape (B,): c(t)^3 / g(t)^2 (natural) or ones."""
+    """w(t), shape (B,): b(t)^3 / g(t)^2 (natural; b = ``model_scale``) or ones."""
     if weighting is Weighting.NONE:
         return torch.ones_like(t)
     return model_scale(t) ** 3 / sde.diffusion(t) ** 2
@@ -188,11 +203,12 @@ def cauchy_loss(
     residual = mean_b w(t_b)^2 ||eps[s~](x_b, t_b)||^2 / D at collocation points x_b ~ q_{t_b}
                (collocation=mixed: half of them, and half of the initial-condition points when
                init=exact, uniform on the data's box widened by 3 std(t));
-    initial  = mean c(t_min)^2 ||s~(x, t_min) - target||^2 / D with target = s(x, t_min) (exact)
-               or -z / std(t_min) (dsm; minimiser the same, variance ~ c^2 / std^2 per sample);
+    initial  = mean b(t_min)^2 ||s~(x, t_min) - target||^2 / D with target = s(x, t_min) (exact)
+               or -z / std(t_min) (dsm; minimiser the same, variance ~ b^2 / std^2 per sample);
     total    = residual + ic_weight * initial.
 
-    ``scale_fn`` is c(t) (the model's `scale`). ``true_score`` is needed for init=exact.
+    ``scale_fn`` is b(t) (the model's `out_scale`: with the local preconditioning b(t_min)^2 =
+    1 / J_0, so ``initial`` is the squared error relative to the initial score's mean square). ``true_score`` is needed for init=exact.
     Cost (exact residual): see `evals_per_step`, plus one backward through second derivatives.
 
     Raises:
@@ -253,7 +269,7 @@ def make_loss(
 ) -> Callable[[torch.Generator], dict[str, Tensor]]:
     """The loss of ``cfg.objective`` as a function of the step's generator."""
     if Objective(cfg.objective) is Objective.PINN:
-        return lambda gen: cauchy_loss(model, model.scale, sde, sample_x0, true_score, cfg, gen)
+        return lambda gen: cauchy_loss(model, model.out_scale, sde, sample_x0, true_score, cfg, gen)
     batch = cfg.dsm_batch if cfg.dsm_batch is not None else evals_per_step(cfg, model.net.config.dim)
     return lambda gen: dsm_baseline_loss(model, sde, sample_x0, batch, cfg.t_min, gen)
 
