@@ -49,7 +49,13 @@ def _summary(name: str, run: TrainRun) -> str:
               help="Model wrapper: local (scale from the initial score's RMS, time tau(t); the default) or "
                    "global (the first version: scale from the data's spread, raw t; the default with --init dsm).")
 @click.option("--collocation", type=click.Choice(["data", "mixed"]), default="data", show_default=True,
-              help="data: perturbed data (the paper); mixed: half uniform on the widened data box.")
+              help="data: perturbed data (the paper); mixed: a share (--uniform-fraction, default half) "
+                   "uniform on the widened data box.")
+@click.option("--uniform-fraction", type=float, default=None,
+              help="With --collocation mixed: share of the points drawn uniform, in (0, 1] [default: 0.5].")
+@click.option("--t-sampling", type=click.Choice(["uniform", "tau", "mixed"]), default="uniform", show_default=True,
+              help="Collocation times: uniform in t (the paper), uniform in the log score scale tau(t) "
+                   "(where the score changes), or half of each.")
 @click.option("--ic-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True)
@@ -74,8 +80,9 @@ def _summary(name: str, run: TrainRun) -> str:
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop training at this step (checkpoint saved, no evaluation); continue with --resume.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run directory.")
-def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, ic_weight, lr, hidden,
-           depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps, density_points, density_grid,
+def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, uniform_fraction,
+           t_sampling, ic_weight, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
+           density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
     """Learn all scores from the score FPE and the score at t_min alone (FP-Diffusion Sec. 6.1)."""
     import torch
@@ -84,6 +91,8 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
     from scorefpe.pinn import CauchyConfig, CauchyEvalConfig, ResumeMismatchError, evals_per_step, run_cauchy
     from scorefpe.sde import make_sde
 
+    if uniform_fraction is not None and collocation != "mixed":
+        raise click.UsageError(f"--uniform-fraction {uniform_fraction} needs --collocation mixed")
     ds = get_dataset(dataset)
     if not ds.has_score:
         raise click.BadParameter(
@@ -93,7 +102,9 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
         cfg = CauchyConfig(dataset=dataset, sde=sde_name, steps=steps, batch=batch, batch_ic=batch_ic,
                            lr=lr, lr_final=lr / 100, ic_weight=ic_weight, residual=residual,
                            weighting=weighting, precond=precond or ("global" if init == "dsm" else "local"),
-                           collocation=collocation, init=init, t_min=t_min, hidden=hidden, depth=depth,
+                           collocation=collocation,
+                           uniform_fraction=0.5 if uniform_fraction is None else uniform_fraction,
+                           t_sampling=t_sampling, init=init, t_min=t_min, hidden=hidden, depth=depth,
                            seed=seed)
     except ValueError as err:
         raise click.UsageError(str(err)) from err

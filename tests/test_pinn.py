@@ -231,6 +231,65 @@ def test_config_rejects_bad_values():
         CauchyConfig(precond="loose")
     with pytest.raises(ValueError, match="exact initial score"):
         CauchyConfig(init="dsm", precond="local")
+    for bad in (0, 0.0, -0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="uniform_fraction"):
+            CauchyConfig(collocation="mixed", uniform_fraction=bad)
+    with pytest.raises(ValueError, match="'log'"):
+        CauchyConfig(t_sampling="log")
+
+
+@pytest.mark.parametrize("how", ["uniform", "tau", "mixed"])
+def test_collocation_times_are_uniform_in_t_or_in_the_network_time_tau(how):
+    """t_sampling=tau draws t with tau(t) ~ U[0, 1] (tau the local wrapper's network time), uniform
+    draws t ~ U[t_min, T], mixed does the first half of the batch by t and the second by tau.
+    Checked by the mean and variance of the uniform variable (t - t_min) / (T - t_min) or tau(t):
+    1/2 and 1/12, standard errors 0.289 / sqrt(n) and 0.075 / sqrt(n); tolerance 5 standard
+    errors. The other variable is then not uniform (gmm2d VE: tau(t) ~ 0 up to t ~ 0.3)."""
+    from scorefpe.pinn.solver import _sample_t
+
+    ds, sde, cfg, model = _setup(t_sampling=how)
+    n = 20000
+    t = _sample_t(n, cfg, sde, model.out_scale, torch.Generator().manual_seed(4), DT)
+    assert t.shape == (n,) and bool(((t >= cfg.t_min) & (t <= sde.T)).all())
+    u_t = (t - cfg.t_min) / (sde.T - cfg.t_min)
+    u_tau = model.net_time(t)
+    parts = {"uniform": [(u_t, True), (u_tau, False)], "tau": [(u_tau, True), (u_t, False)],
+             "mixed": [(u_t[: n // 2], True), (u_tau[n // 2:], True), (u_t[n // 2:], False)]}[how]
+    for u, uniform in parts:
+        m = len(u)
+        close = (abs(float(u.mean()) - 0.5) < 5 * 0.289 / math.sqrt(m)
+                 and abs(float(u.var()) - 1 / 12) < 5 * 0.075 / math.sqrt(m))
+        assert close is uniform, (how, float(u.mean()), float(u.var()))
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75, 1.0])
+def test_mixed_collocation_draws_the_uniform_fraction_on_the_widened_box(fraction):
+    """cauchy_loss's mixed draw keeps floor(B (1 - f)) rows of the perturbed data and replaces the
+    other ceil(f B) by U(a(t) [min x0, max x0] +- 3 std(t)). Checked on the rows: the kept ones are
+    untouched, the new ones lie in their box, and their position inside it, (x - lo) / (hi - lo),
+    has mean 1/2 and variance 1/12 (n = f B D values: standard errors 0.29 / sqrt(n) and
+    0.075 / sqrt(n); tolerance 5 standard errors)."""
+    from scorefpe.pinn.solver import _mix_uniform
+
+    sde = make_sde("ve")
+    gen = torch.Generator().manual_seed(3)
+    b, d = 4000, 2
+    x0 = get_dataset("gmm2d").sample(b, gen)
+    t = 0.05 + 0.95 * torch.rand(b, generator=gen, dtype=DT)
+    x, _ = sde.perturb(x0, t, gen)
+    y = _mix_uniform(x, x0, t, sde, gen, fraction)
+    keep = math.floor(b * (1 - fraction))
+    assert torch.equal(y[:keep], x[:keep])
+    a = sde.mean_coeff(t[keep:])[:, None]
+    sd = sde.marginal_std(t[keep:])[:, None]
+    lo, hi = a * x0.min(0).values - 3 * sd, a * x0.max(0).values + 3 * sd
+    u = (y[keep:] - lo) / (hi - lo)
+    assert bool(((u >= 0) & (u <= 1)).all())
+    n = u.numel()
+    assert n == (b - keep) * d
+    assert abs(float(u.mean()) - 0.5) < 5 * 0.289 / math.sqrt(n)
+    assert abs(float(u.var()) - 1 / 12) < 5 * 0.075 / math.sqrt(n)
+    assert int((y != x).any(-1).sum()) == b - keep
 
 
 SMALL = ["--hidden", "16", "--depth", "2", "--batch", "32", "--batch-ic", "32", "--eval-samples", "40",
@@ -249,6 +308,10 @@ SMALL = ["--hidden", "16", "--depth", "2", "--batch", "32", "--batch-ic", "32", 
         (["--init", "noisy"], "noisy"),
         (["--precond", "loose"], "loose"),
         (["--init", "dsm", "--precond", "local"], "exact initial score"),
+        (["--collocation", "mixed", "--uniform-fraction", "0"], "uniform_fraction"),
+        (["--collocation", "mixed", "--uniform-fraction", "1.2"], "uniform_fraction"),
+        (["--uniform-fraction", "0.25"], "--collocation mixed"),
+        (["--t-sampling", "log"], "log"),
     ],
 )
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
@@ -257,6 +320,14 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert not out.exists()
+
+
+def test_cli_passes_the_uniform_fraction_to_the_saved_config(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["cauchy", *SMALL, "--steps", "2", "--stop-after", "1", "--collocation", "mixed",
+                                    "--uniform-fraction", "0.75", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "pinn" / "config.json").read_text())["uniform_fraction"] == 0.75
 
 
 def test_cli_resume_matches_an_uninterrupted_run(tmp_path):

@@ -68,11 +68,23 @@ class Preconditioning(str, Enum):
 
 
 class Collocation(str, Enum):
-    """Where the points x are drawn: the perturbed data (the paper), or half of them uniform on
+    """Where the points x are drawn: the perturbed data (the paper), or a share of them
+    (`CauchyConfig.uniform_fraction`, default half) uniform on
     the box a(t) [data min, data max] +- 3 std(t) (covers the low-density valleys between modes,
     where alone the initial score carries the mode weights)."""
 
     DATA = "data"
+    MIXED = "mixed"
+
+
+class TimeSampling(str, Enum):
+    """How the collocation times are drawn: t ~ U[t_min, T] (the paper), uniform in
+    tau = log(rho(t) / rho(t_min)) / log(rho(T) / rho(t_min)), rho = b / a, the log of the
+    score's length scale (the network's time with the local wrapper: the points go where the
+    score changes, for gmm2d VE ~95 % of them at t > 0.5, where the modes merge), or half of each."""
+
+    UNIFORM = "uniform"
+    TAU = "tau"
     MIXED = "mixed"
 
 
@@ -91,7 +103,9 @@ class CauchyConfig:
     points per step; lr: peak Adam step size (cosine decay to lr_final); ic_weight: lambda_0;
     residual: exact or estimated residual; n_probes: Hutchinson probes (estimated only);
     weighting: w(t); precond: the model's wrapper (`Preconditioning`); init: exact or dsm
-    initial condition; t_min: start time; seed: all
+    initial condition; uniform_fraction: share of the collocation (and exact initial-condition)
+    points drawn uniform on the widened data box when collocation=mixed, in (0, 1]; t_sampling:
+    the collocation times' law (`TimeSampling`); t_min: start time; seed: all
     randomness (model init and the data/time/noise stream); objective: pinn or dsm;
     dsm_batch: batch of the DSM baseline (None: `evals_per_step` of the PINN config, so both
     spend the same number of model evaluations per step).
@@ -116,6 +130,8 @@ class CauchyConfig:
     seed: int = 0
     objective: str = "pinn"
     collocation: str = "data"
+    uniform_fraction: float = 0.5
+    t_sampling: str = "uniform"
     dsm_batch: int | None = None
     grad_clip: float = 10.0
 
@@ -132,6 +148,9 @@ class CauchyConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
         if not (isinstance(self.ic_weight, (int, float)) and self.ic_weight >= 0):
             raise ValueError(f"ic_weight must be >= 0, got {self.ic_weight!r}")
+        f = self.uniform_fraction
+        if isinstance(f, bool) or not (isinstance(f, (int, float)) and 0 < f <= 1):
+            raise ValueError(f"uniform_fraction must lie in (0, 1], got {self.uniform_fraction!r}")
         if not (0 < self.t_min < 1):
             raise ValueError(f"t_min must lie in (0, 1), got {self.t_min!r}")
         parse_choice(ResidualMethod, self.residual, "residual method")
@@ -139,6 +158,7 @@ class CauchyConfig:
         parse_choice(InitCondition, self.init, "initial condition")
         parse_choice(Objective, self.objective, "objective")
         parse_choice(Collocation, self.collocation, "collocation")
+        parse_choice(TimeSampling, self.t_sampling, "time sampling")
         parse_choice(Preconditioning, self.precond, "preconditioning")
         if self.precond == Preconditioning.LOCAL and self.init == InitCondition.DSM:
             raise ValueError("precond='local' needs the exact initial score (its RMS sets the scale); "
@@ -174,10 +194,30 @@ def _uniform_t(n: int, t_min: float, T: float, gen: torch.Generator, dtype: torc
     return t_min + (T - t_min) * torch.rand(n, generator=gen, dtype=dtype)
 
 
-def _mix_uniform(x: Tensor, x0: Tensor, t: Tensor, sde: SDE, gen: torch.Generator) -> Tensor:
-    """Replace the second half of x by points uniform on a(t) [min x0, max x0] +- 3 std(t)."""
-    n = x.shape[0] // 2
-    if n == 0:
+def _sample_t(n: int, cfg: CauchyConfig, sde: SDE, scale_fn: Callable[[Tensor], Tensor], gen: torch.Generator,
+              dtype: torch.dtype, n_grid: int = 2049) -> Tensor:
+    """n collocation times, shape (n,), by ``cfg.t_sampling`` (`TimeSampling`): tau-uniform ones by
+    inverting tau(t) = log(scale_fn(t) / a(t)), normalised, linearly on ``n_grid`` t-points
+    (tau is increasing: b / a grows with the noise). uniform draws exactly as before the option."""
+    how = TimeSampling(cfg.t_sampling)
+    if how is TimeSampling.UNIFORM:
+        return _uniform_t(n, cfg.t_min, sde.T, gen, dtype)
+    n_uni = n // 2 if how is TimeSampling.MIXED else 0
+    with torch.no_grad():
+        grid = torch.linspace(cfg.t_min, sde.T, n_grid, dtype=torch.float64)
+        log_rho = (scale_fn(grid).to(torch.float64) / sde.mean_coeff(grid)).log()
+        tau = (log_rho - log_rho[0]) / (log_rho[-1] - log_rho[0])
+        u = torch.rand(n - n_uni, generator=gen, dtype=torch.float64)
+        j = torch.searchsorted(tau, u).clamp(1, n_grid - 1)
+        frac = (u - tau[j - 1]) / (tau[j] - tau[j - 1]).clamp_min(1e-300)
+        t_tau = grid[j - 1] + frac.clamp(0, 1) * (grid[j] - grid[j - 1])
+    return torch.cat([_uniform_t(n_uni, cfg.t_min, sde.T, gen, dtype), t_tau.to(dtype)])
+
+
+def _mix_uniform(x: Tensor, x0: Tensor, t: Tensor, sde: SDE, gen: torch.Generator, fraction: float = 0.5) -> Tensor:
+    """Replace the last ceil(fraction B) rows of x by points uniform on a(t) [min x0, max x0] +- 3 std(t)."""
+    n = math.floor(x.shape[0] * (1 - fraction))
+    if n == x.shape[0]:
         return x
     a = sde.mean_coeff(t[n:])[:, None]
     sd = sde.marginal_std(t[n:])[:, None]
@@ -200,9 +240,10 @@ def cauchy_loss(
     """One draw of the Cauchy-problem loss; returns {"residual", "initial", "total"} (scalars,
     in the autograd graph of score_fn's parameters).
 
-    residual = mean_b w(t_b)^2 ||eps[s~](x_b, t_b)||^2 / D at collocation points x_b ~ q_{t_b}
-               (collocation=mixed: half of them, and half of the initial-condition points when
-               init=exact, uniform on the data's box widened by 3 std(t));
+    residual = mean_b w(t_b)^2 ||eps[s~](x_b, t_b)||^2 / D at collocation points x_b ~ q_{t_b},
+               t_b by cfg.t_sampling (default U[t_min, T])
+               (collocation=mixed: a share cfg.uniform_fraction of them, default half, and of the
+               initial-condition points when init=exact, uniform on the data's box widened by 3 std(t));
     initial  = mean b(t_min)^2 ||s~(x, t_min) - target||^2 / D with target = s(x, t_min) (exact)
                or -z / std(t_min) (dsm; minimiser the same, variance ~ b^2 / std^2 per sample);
     total    = residual + ic_weight * initial.
@@ -218,11 +259,11 @@ def cauchy_loss(
     weighting = Weighting(cfg.weighting)
     x0 = sample_x0(cfg.batch, generator).to(dtype)
     d = x0.shape[1]
-    t = _uniform_t(cfg.batch, cfg.t_min, sde.T, generator, dtype)
+    t = _sample_t(cfg.batch, cfg, sde, scale_fn, generator, dtype)
     x, _ = sde.perturb(x0, t, generator)
     mixed = Collocation(cfg.collocation) is Collocation.MIXED
     if mixed:
-        x = _mix_uniform(x, x0, t, sde, generator)
+        x = _mix_uniform(x, x0, t, sde, generator, cfg.uniform_fraction)
     eps = fp_residual(
         score_fn, sde, x, t, method=cfg.residual, n_probes=cfg.n_probes, generator=generator,
         t_min=cfg.t_min, create_graph=True,
@@ -234,7 +275,7 @@ def cauchy_loss(
     ti = torch.full((cfg.batch_ic,), cfg.t_min, dtype=dtype)
     xi, z = sde.perturb(x0i, ti, generator)
     if mixed and init is InitCondition.EXACT:
-        xi = _mix_uniform(xi, x0i, ti, sde, generator)
+        xi = _mix_uniform(xi, x0i, ti, sde, generator, cfg.uniform_fraction)
     if init is InitCondition.EXACT:
         if true_score is None:
             raise ValueError("init='exact' needs the closed-form score at t_min (true_score)")
