@@ -21,6 +21,7 @@ from scorefpe.evaluation.lambda_sweep import (
     aggregate_sweep,
     check_sweep_dir,
     lam_dir_name,
+    plan_sweep,
     run_lambda_sweep,
 )
 
@@ -193,3 +194,17 @@ def test_cli_refuses_foreign_directory(tmp_path):
     (tmp_path / "x.txt").write_text("data")
     res = CliRunner().invoke(main, ["experiment", "lambda-sweep", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "not a lambda-sweep directory" in res.output
+
+
+def test_baseline_gets_the_penalised_runs_learning_rate(tmp_path):
+    """The presets train fp at lr 1e-3 and none at 5e-4; the sweep's lambda -> 0 reference must
+    differ from the penalised runs only in the penalty, so the baseline takes their lr (also when
+    extra_train sets one)."""
+    runs = plan_sweep(SweepConfig(penalty="fp", lams=(1e-3,), seeds=1, preset="smoke"), tmp_path)
+    (base,) = [r for r in runs if r.lam == 0.0]
+    (pen,) = [r for r in runs if r.lam > 0]
+    assert base.spec.loss == "none" and pen.spec.run.train.lr == 1e-3
+    assert base.spec.run.train.lr == pen.spec.run.train.lr
+    runs = plan_sweep(SweepConfig(penalty="jac", lams=(1e-3,), seeds=1, preset="smoke",
+                                  extra_train=(("lr", 2e-4),)), tmp_path)
+    assert {r.spec.run.train.lr for r in runs} == {2e-4}
