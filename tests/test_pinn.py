@@ -431,6 +431,24 @@ def test_train_run_resume_rejects_a_changed_config_and_writes_nothing(tmp_path):
     assert train_run(replace(cfg, steps=2), ds, sde, tmp_path, resume=True).steps == 2
 
 
+def test_train_run_resumes_a_checkpoint_written_before_later_options(tmp_path):
+    """A checkpoint without the keys precond / uniform_fraction / t_sampling (runs from before
+    those options) resumes with the values that reproduce it, and is refused with others."""
+    from scorefpe.training.checkpoint import save_checkpoint
+
+    ds, sde = get_dataset("gmm2d"), make_sde("ve")
+    cfg = CauchyConfig(**TINY, precond="global")
+    train_run(cfg, ds, sde, tmp_path, stop_after=1)
+    ckpt = tmp_path / "checkpoint.pt"
+    saved = torch.load(ckpt, weights_only=False)
+    for key in ("precond", "uniform_fraction", "t_sampling"):
+        del saved["config"][key]
+    save_checkpoint(ckpt, saved)
+    assert train_run(cfg, ds, sde, tmp_path, resume=True).steps == TINY["steps"]
+    with pytest.raises(ResumeMismatchError, match="precond"):
+        train_run(replace(cfg, precond="local"), ds, sde, tmp_path, resume=True)
+
+
 def test_run_cauchy_writes_results_only_when_every_run_finished(tmp_path):
     ds, sde = get_dataset("gmm2d"), make_sde("ve")
     cfg = CauchyConfig(**TINY)

@@ -37,6 +37,11 @@ Tensor = torch.Tensor
 
 N_SCALE_SAMPLES = 20000  # data samples behind data_scale / local_scale (their MC error ~ 1/sqrt(N))
 
+# Options added after runs existed: the value that reproduces a checkpoint written before the
+# option did (the first wrapper; half-uniform mixed collocation; t ~ U[t_min, T]), so such runs
+# resume when given those values instead of being refused for a missing key.
+_BEFORE_OPTION = {"precond": "global", "uniform_fraction": 0.5, "t_sampling": "uniform"}
+
 __all__ = [
     "CauchyEvalConfig",
     "CauchyResult",
@@ -157,7 +162,7 @@ def train_run(
             saved = load_checkpoint(ckpt)
         except ValueError as err:
             raise ResumeMismatchError(str(err)) from err
-        old = dict(saved["config"])
+        old = {**_BEFORE_OPTION, **saved["config"]}
         new = cfg.to_dict()
         diff = {k for k in new if k != "steps" and old.get(k) != new[k]}
         if diff:
