@@ -159,16 +159,14 @@ def report(directory: Path, out: Path | None) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def diagnose(run_dirs: list[Path], out: Path, points: int, n_t: int, seed: int) -> None:
     """r_FP(t), r_DSM(t) and E||J_s||_F^2 over t in [1e-4, 1] for several runs, on one figure."""
-    from scorefpe._util import atomic_write_text
+    from scorefpe._util import atomic_write_text, run_labels
     from scorefpe.data.mnist import mnist_tensor
     from scorefpe.evaluation.diagnostics import diagnostics_for_runs
 
     if out.suffix != ".png":
         raise click.BadParameter(f"must end in .png, got {str(out)!r}", param_hint="--out")
-    names = [p.name for p in run_dirs]
-    if len(set(names)) != len(names):
-        raise click.UsageError(f"run directories must have distinct names (labels), got {names}")
     try:
+        run_labels(run_dirs)  # before any data is looked for
         images, _ = mnist_tensor("test")
         curves = diagnostics_for_runs(run_dirs, images, out, n_points=points, n_t=n_t, seed=seed)
     except (ValueError, FileNotFoundError) as e:

@@ -37,12 +37,14 @@ def maps(run_dirs: list[Path], out: Path, digit_index: int, times: tuple[float, 
          n_noise: int, method: str, n_probes: int, batch_size: int, seed: int) -> None:
     """Score s, sigma s, ds_i/dx_i and sigma^2 ds_i/dx_i of one test digit over t, for one noise
     draw and averaged over --n-noise draws, for each run and side by side (rows = runs)."""
+    from scorefpe._util import run_labels
     from scorefpe.data.mnist import mnist_tensor
     from scorefpe.evaluation.maps import PAPER_TIMES, MapConfig, maps_for_runs
 
     if out.exists() and not out.is_dir():
         raise click.BadParameter(f"{str(out)!r} exists and is not a directory", param_hint="--out")
     try:
+        run_labels(run_dirs)  # before any data is looked for
         cfg = MapConfig(times=times or PAPER_TIMES, n_noise=n_noise, method=method,
                         n_probes=n_probes, batch_size=batch_size, seed=seed)
     except ValueError as e:

@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 E = TypeVar("E", bound=Enum)
 
@@ -106,3 +106,15 @@ def machine_description(device: Any = "cpu") -> str:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     return f"{name}; torch {torch.__version__}; {torch.get_num_threads()} thread(s)"
+
+
+def run_labels(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """The labels of several run directories (their names), which must be distinct.
+
+    Raises:
+        ValueError: two directories share a name, naming them.
+    """
+    names = [Path(r).name for r in run_dirs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"run directories must have distinct names (labels), got {names}")
+    return names

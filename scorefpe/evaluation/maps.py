@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from scorefpe import operators
-from scorefpe._util import atomic_output, atomic_write_text, parse_choice, save_figure
+from scorefpe._util import atomic_output, atomic_write_text, parse_choice, run_labels, save_figure
 from scorefpe.operators import DivergenceMethod, Probe
 
 Tensor = torch.Tensor
@@ -427,9 +427,7 @@ def maps_for_runs(
     """
     from scorefpe.training.mnist import load_run
 
-    names = [Path(r).name for r in run_dirs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"run directories must have distinct names (labels), got {names}")
+    names = run_labels(run_dirs)
     say = echo if echo is not None else (lambda _m: None)
     maps: dict[str, ScoreMaps] = {}
     for rd, name in zip(run_dirs, names):
