@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from cli._options import POS_FLOAT, old_spelling, output_file, threads_option
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
@@ -16,35 +18,34 @@ def bench() -> None:
 
 
 @bench.command("penalties")
-@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", "batch", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True,
               help="Timed steps per variant (median reported).")
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0,
+@click.option("--width", type=POS_FLOAT, default=1.0,
               show_default=True, help="U-Net width factor (1 = the papers' net).")
 @click.option("--sub-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Also time DIV/JAC/FP evaluated on this many samples of the batch.")
 @click.option("--device", type=str, default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads (default: torch's current setting).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Use real MNIST digits from here (default: uniform noise; cost is the same).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--md", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_file,
               help="Also write the table as markdown (with machine and command) to this file.")
+@threads_option
+@old_spelling("--batch", "--batch-size", "batch", type=click.IntRange(min=1))
+@old_spelling("--out", "--md", "out", type=click.Path(dir_okay=False, path_type=Path),
+              callback=output_file)
 def penalties(
-    batch: int, repeats: int, width: float, sub_batch: int, device: str, threads: int | None,
+    batch: int, repeats: int, width: float, sub_batch: int, device: str,
     data_dir: Path | None, out: Path | None,
 ) -> None:
     """Median training-step time (forward, penalty, backward, Adam) and autograd memory of
     DSM + each penalty, as ratios to plain DSM, on one batch in this process."""
-    import torch
-
     from cli._options import resolve_device_option
     from scorefpe._util import atomic_write_text, machine_description
     from scorefpe.training.bench import bench_penalties, default_variants, format_table
 
     dev = resolve_device_option(device)
-    if threads is not None:
-        torch.set_num_threads(threads)
     images = None
     if data_dir is not None:
         try:

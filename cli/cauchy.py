@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from cli._options import positive_int
+from cli._options import (NONNEG_FLOAT, POS_FLOAT, UNIT_OPEN, FiniteFloat, check_run_dir, old_spelling, output_dir,
+                          positive_int, threads_option)
 from scorefpe.data.synthetic import DATASETS
 
 if TYPE_CHECKING:
@@ -29,15 +29,23 @@ def _summary(name: str, run: TrainRun) -> str:
                f"{ev.density['true_mean_log_prob']:.3f}" if ev.density else ""))
 
 
+def _empty(directory: Path) -> None:
+    """Remove everything in ``directory`` (which this command found missing or empty)."""
+    import shutil
+
+    for p in directory.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 @click.command()
 @click.option("--dataset", type=click.Choice(sorted(DATASETS)), default="gmm2d", show_default=True,
               help="Synthetic data set; it needs a closed-form score (the initial condition and the reference).")
-@click.option("--sde", "sde_name", type=click.Choice(["ve", "vp"]), default="ve", show_default=True)
+@click.option("--sde", "sde_name", type=click.Choice(["vp", "ve"]), default="vp", show_default=True)
 @click.option("--steps", type=int, default=3000, show_default=True, callback=positive_int,
               help="Optimiser steps (>= 1).")
-@click.option("--batch", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--batch-size", "batch", type=click.IntRange(min=1), default=256, show_default=True,
               help="Collocation points per step.")
-@click.option("--batch-ic", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--ic-batch-size", "batch_ic", type=click.IntRange(min=1), default=256, show_default=True,
               help="Initial-condition points per step.")
 @click.option("--residual", type=click.Choice(["exact", "estimated"]), default="exact", show_default=True,
               help="exact: forward-mode d_t s, exact div; estimated: FD stencil + Hutchinson.")
@@ -51,16 +59,16 @@ def _summary(name: str, run: TrainRun) -> str:
 @click.option("--collocation", type=click.Choice(["data", "mixed"]), default="data", show_default=True,
               help="data: perturbed data (the paper); mixed: a share (--uniform-fraction, default half) "
                    "uniform on the widened data box.")
-@click.option("--uniform-fraction", type=float, default=None,
+@click.option("--uniform-fraction", type=FiniteFloat(min=0, max=1, min_open=True), default=None,
               help="With --collocation mixed: share of the points drawn uniform, in (0, 1] [default: 0.5].")
 @click.option("--t-sampling", type=click.Choice(["uniform", "tau", "mixed"]), default="uniform", show_default=True,
               help="Collocation times: uniform in t (the paper), uniform in the log score scale tau(t) "
                    "(where the score changes), or half of each.")
-@click.option("--ic-weight", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True)
+@click.option("--ic-weight", type=NONNEG_FLOAT, default=1.0, show_default=True)
+@click.option("--lr", type=POS_FLOAT, default=1e-2, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--depth", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--t-min", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=1e-3,
+@click.option("--t-min", type=UNIT_OPEN, default=1e-3,
               show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
@@ -70,7 +78,8 @@ def _summary(name: str, run: TrainRun) -> str:
               help="Samples of q_t per t for the score error.")
 @click.option("--fp-points", type=click.IntRange(min=2), default=256, show_default=True,
               help="Samples of q_t per t for r_FP(t) (exact residual).")
-@click.option("--em-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--sampler-steps", "em_steps", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Euler-Maruyama steps of the evaluation sampler.")
 @click.option("--density-points", type=click.IntRange(min=0), default=256, show_default=True,
               help="True samples at which the ODE log-density is compared (0: skip).")
 @click.option("--density-grid", type=click.IntRange(min=0), default=40, show_default=True,
@@ -79,16 +88,20 @@ def _summary(name: str, run: TrainRun) -> str:
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR's checkpoints (same options; --steps may grow).")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop training at this step (checkpoint saved, no evaluation); continue with --resume.")
-@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Run directory.")
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, callback=output_dir,
+              help="Run directory.")
+@threads_option
+@old_spelling("--batch", "--batch-size", "batch", type=click.IntRange(min=1))
+@old_spelling("--batch-ic", "--ic-batch-size", "batch_ic", type=click.IntRange(min=1))
+@old_spelling("--em-steps", "--sampler-steps", "em_steps", type=click.IntRange(min=1))
 def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, uniform_fraction,
            t_sampling, ic_weight, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
            density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
     """Learn all scores from the score FPE and the score at t_min alone (FP-Diffusion Sec. 6.1)."""
-    import torch
-
     from scorefpe.data.synthetic import get_dataset
     from scorefpe.pinn import CauchyConfig, CauchyEvalConfig, ResumeMismatchError, evals_per_step, run_cauchy
+    from scorefpe.pinn.run import EvaluationError
     from scorefpe.sde import make_sde
 
     if uniform_fraction is not None and collocation != "mixed":
@@ -109,9 +122,10 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+    check_run_dir(out_dir, "cauchy")
+    fresh = not out_dir.exists() or not any(out_dir.iterdir())
+    if not fresh and not resume:
         raise click.UsageError(f"--out {out!r} exists and is not empty; use --resume or another directory")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sde = make_sde(sde_name)
     click.echo(f"scorefpe cauchy: dataset={dataset} sde={sde_name} ({sde}) steps={steps} residual={residual} "
                f"init={init} weighting={weighting} precond={cfg.precond}; "
@@ -131,5 +145,13 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
                             progress=True, on_run=report)
     except ResumeMismatchError as err:
         raise click.UsageError(f"--resume: {err}") from err
+    except FloatingPointError as err:
+        # Nothing to resume from when it failed before the first checkpoint: leave the directory
+        # as it was, so the same command with a smaller --lr can run in it.
+        if fresh and not any(out_dir.rglob("checkpoint.pt")):
+            _empty(out_dir)
+        raise click.UsageError(f"training diverged: {err}; try a smaller --lr (or --ic-weight)") from err
+    except EvaluationError as err:
+        raise click.ClickException(str(err)) from err
     if result.results_path is not None:
         click.echo(f"wrote {result.results_path} and {', '.join(p.name for p in result.figures)}")

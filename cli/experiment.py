@@ -10,7 +10,7 @@ from typing import Callable
 
 import click
 
-from cli._options import parse_floats, positive_int
+from cli._options import NONNEG_FLOAT, old_spelling, output_dir, parse_floats, positive_int, threads_option
 
 
 def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str,
@@ -41,7 +41,7 @@ def experiment() -> None:
 
 
 @experiment.command("table1")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=output_dir,
               help="Experiment directory (new, empty, or one from an earlier call to resume).")
 @click.option("--preset", type=str, default="smoke", show_default=True,
               help="smoke or tiny (tiny: the whole table in a few CPU minutes).")
@@ -49,14 +49,16 @@ def experiment() -> None:
               help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1).")
 @click.option("--epochs", type=int, default=None, callback=positive_int,
               help="Training epochs (default: the preset's).")
-@click.option("--lam", type=float, default=1e-3, show_default=True,
+@click.option("--lam", type=NONNEG_FLOAT, default=1e-3, show_default=True,
               help="Penalty weight lambda of fp/sn/jac/div.")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
-@click.option("--steps", type=int, default=None, callback=positive_int,
+@click.option("--sampler-steps", "steps", type=int, default=None, callback=positive_int,
               help="Sampler steps (default: the preset's).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MNIST directory (default: the cache).")
+@threads_option
+@old_spelling("--steps", "--sampler-steps", "steps", type=int, callback=positive_int)
 def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: float,
            n_samples: int | None, steps: int | None, data_dir: Path | None) -> None:
     """Train (or reuse) none/fp/sn/jac/div x seeds, evaluate each, and write Table I.
@@ -79,7 +81,7 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: f
 
 
 @experiment.command("lambda-sweep")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=click.Path(path_type=Path), required=True, callback=output_dir,
               help="Sweep directory (new, empty, or one from an earlier call to resume/extend).")
 @click.option("--penalty", type=click.Choice(["fp", "sn", "jac", "div"]), default="fp",
               show_default=True, help="The penalty whose weight is swept.")
@@ -92,12 +94,14 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: f
               help="Training epochs (default: the preset's).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Also train the unpenalised runs (lambda = 0) as the reference.")
-@click.option("--points", type=int, default=32, show_default=True, callback=positive_int,
+@click.option("--n-points", "points", type=int, default=32, show_default=True, callback=positive_int,
               help="Noised test images per t for r_FP(t).")
 @click.option("--n-t", type=click.IntRange(min=2), default=9, show_default=True,
               help="Times on the log grid 1e-4..1.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MNIST directory (default: the cache).")
+@threads_option
+@old_spelling("--points", "--n-points", "points", type=int, callback=positive_int)
 def lambda_sweep(out: Path, penalty: str, lams: tuple[float, ...], seeds: int, preset: str,
                  epochs: int | None, baseline: bool, points: int, n_t: int,
                  data_dir: Path | None) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from cli._options import POS_FLOAT, old_spelling, output_file, threads_option
+
 
 def _load_split(split: str, data_dir: str | None):
     try:
@@ -30,21 +32,22 @@ def lenet() -> None:
 @lenet.command("train")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="MNIST directory (default: the scorefpe cache).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
-              help="Weights file (default: $SCOREFPE_CACHE/lenet/lenet.pt); "
+@click.option("--weights", "out_path", type=click.Path(dir_okay=False), default=None,
+              callback=output_file,
+              help="Weights file to write (default: $SCOREFPE_CACHE/lenet/lenet.pt); "
                    "FILE.sha256 is written beside it.")
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+@click.option("--lr", type=POS_FLOAT, default=2e-3, show_default=True,
               help="Peak Adam learning rate (cosine decay to 0).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS). Recorded in the file.")
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="Write nothing and exit 1 if the test accuracy ends below this.")
 @click.option("--force", is_flag=True, help="Overwrite an existing weights file.")
+@threads_option
+@old_spelling("--out", "--weights", "out_path", type=click.Path(dir_okay=False), callback=output_file)
 def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: int, lr: float,
-          seed: int, threads: int | None, min_accuracy: float, force: bool) -> None:
+          seed: int, min_accuracy: float, force: bool) -> None:
     """Train LeNet on the MNIST training set, report test accuracy, save weights + checksum."""
     import torch
 
@@ -63,8 +66,6 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
     if out.suffix == ".sha256":
         raise click.BadParameter(f"{str(out)!r} is the checksum name; give the weights file",
                                  param_hint="--out")
-    if threads is not None:
-        torch.set_num_threads(threads)
     config = LeNetTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
     x_train, y_train = _load_split("train", data_dir)
@@ -96,13 +97,15 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
 
 
 @lenet.command("eval")
-@click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--weights", "model_path", type=click.Path(dir_okay=False), default=None,
               help="Weights file (default: $SCOREFPE_CACHE/lenet/lenet.pt).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="MNIST directory (default: the scorefpe cache).")
 @click.option("--floor-n", type=click.IntRange(min=0, max=60000), default=10000, show_default=True,
               help="Also compute FID, Density, Coverage and class entropy of the first N training "
                    "images against the test set (the real-data floor of the sample metrics); 0 skips.")
+@threads_option
+@old_spelling("--model", "--weights", "model_path", type=click.Path(dir_okay=False))
 def evaluate(model_path: str | None, data_dir: str | None, floor_n: int) -> None:
     """Verify a saved LeNet's checksum; report its MNIST test accuracy and real-data metric floor."""
     from scorefpe.evaluation.lenet import (

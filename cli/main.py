@@ -5,7 +5,26 @@ from __future__ import annotations
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The top-level group: a command that fails because the machine cannot store its output
+    (disk full, quota, read-only file system, permission) ends with one line naming the file
+    and exit 1, not a traceback. Everything else passes through unchanged."""
+
+    def invoke(self, ctx: click.Context):
+        import errno
+
+        try:
+            return super().invoke(ctx)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                 errno.EPERM):
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            raise click.ClickException(f"{err.strerror or err}{where}: free space or choose "
+                                       "another output path, then run the command again") from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scorefpe")
 def main() -> None:
     """scorefpe: check, measure and enforce the score Fokker-Planck equation."""

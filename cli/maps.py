@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import parse_floats, positive_int
+from cli._options import output_dir, parse_floats, positive_int, threads_option
 from cli.evaluate import _run_dir
 
 
@@ -15,7 +15,7 @@ from cli.evaluate import _run_dir
 @click.argument("run_dirs", nargs=-1, required=True,
                 callback=lambda c, p, v: [_run_dir(c, p, x) for x in v])
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for maps.npz, maps.json and the maps_*.png figures.")
+              callback=output_dir, help="Directory for maps.npz, maps.json and the maps_*.png figures.")
 @click.option("--digit-index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Index of the MNIST test image x0.")
 @click.option("--times", type=str, default=None, callback=parse_floats,
@@ -33,6 +33,7 @@ from cli.evaluate import _run_dir
               help="Noise draws per backward pass (memory ~ batch x probes images).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the noise draws (the same draws for every run).")
+@threads_option
 def maps(run_dirs: list[Path], out: Path, digit_index: int, times: tuple[float, ...] | None,
          n_noise: int, method: str, n_probes: int, batch_size: int, seed: int) -> None:
     """Score s, sigma s, ds_i/dx_i and sigma^2 ds_i/dx_i of one test digit over t, for one noise

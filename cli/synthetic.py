@@ -10,7 +10,8 @@ from pathlib import Path
 
 import click
 
-from cli._options import comma_list
+from cli._options import (NONNEG_FLOAT, POS_FLOAT, UNIT_OPEN, check_run_dir, comma_list, finite_float,
+                          old_spelling, output_dir, output_file, threads_option)
 from scorefpe.data.synthetic import DATASETS
 from scorefpe.evaluation.likelihood import ODE_METHODS
 from scorefpe.sde import SDES
@@ -18,7 +19,6 @@ from scorefpe.sde import SDES
 DATASET_CHOICE = click.Choice(sorted(DATASETS))
 SDE_CHOICE = click.Choice(list(SDES))
 ODE_CHOICE = click.Choice(list(ODE_METHODS))
-POS_FLOAT = click.FloatRange(min=0, min_open=True)
 
 
 def _write_json(path: str, obj: object) -> None:
@@ -41,26 +41,31 @@ def _load_run(run_dir: str, ema: bool):
 # ---------------------------------------------------------------------------------------------
 @click.command("synthetic")
 @click.option("--dataset", type=DATASET_CHOICE, default="gmm8", show_default=True)
-@click.option("--sde", "sde_name", type=SDE_CHOICE, default="ve", show_default=True)
+@click.option("--sde", "sde_name", type=SDE_CHOICE, default="vp", show_default=True)
 @click.option("--penalty", type=click.Choice(["none", "fpd"]), default="none", show_default=True,
               help="none: DSM; fpd: DSM + FP-Diffusion's alpha/D^m ||omega eps||^m + beta |L[s]|.")
-@click.option("--alpha", type=click.FloatRange(min=0), default=1e-3, show_default=True)
-@click.option("--beta", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--alpha", type=NONNEG_FLOAT, default=1e-3, show_default=True)
+@click.option("--beta", type=NONNEG_FLOAT, default=0.0, show_default=True)
 @click.option("--omega", type=click.Choice(["one", "g2"]), default="one", show_default=True)
 @click.option("--m", "m_pow", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True,
+              help="Optimiser steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--lr", type=POS_FLOAT, default=1e-3, show_default=True)
-@click.option("--t-min", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True),
-              default=1e-3, show_default=True)
+@click.option("--t-min", type=UNIT_OPEN, default=1e-3, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--depth", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=250, show_default=True,
+              help="Checkpoint every N steps (0: at the end only); a killed run continues with --resume.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after this many steps in total (checkpointed; continue with --resume).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=output_dir,
               help="Run directory (config.json, checkpoint.pt, metrics.jsonl, timing.json).")
+@threads_option
 def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps, batch_size, lr,
-                    t_min, hidden, depth, seed, resume, out_dir) -> None:
+                    t_min, hidden, depth, seed, resume, checkpoint_every, max_steps, out_dir) -> None:
     """Train an MLP score model on a synthetic data set (DSM or DSM + FP regulariser)."""
     from scorefpe.benchmarks.synthetic import SyntheticRunConfig, train_synthetic_run
 
@@ -72,19 +77,26 @@ def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     out = Path(out_dir)
+    check_run_dir(out, "synthetic")
     if not resume and (out / "checkpoint.pt").exists():
         raise click.UsageError(f"{out_dir} already holds a checkpoint; use --resume or another --out")
+    if resume and not (out / "checkpoint.pt").is_file():
+        raise click.BadParameter(f"no checkpoint to resume in {out_dir!r}", param_hint="--out")
     fresh = not out.exists()
     from scorefpe.training import NonFiniteLossError
 
     try:
-        timing = train_synthetic_run(cfg, out, progress=True, resume=resume)
+        timing = train_synthetic_run(cfg, out, progress=True, resume=resume,
+                                     checkpoint_every=checkpoint_every, max_steps=max_steps)
     except NonFiniteLossError as err:
         raise click.ClickException(f"training stopped: {err}") from err
     except ValueError as err:
         if fresh and out.exists():
             shutil.rmtree(out)
         raise click.UsageError(str(err)) from err
+    if timing.get("stopped"):
+        click.echo(f"stopped at step {timing['steps']} of {steps}; continue with --resume ({out_dir})")
+        return
     click.echo(f"trained {cfg.label} on {dataset} ({sde_name}): {timing['steps']} steps in "
                f"{timing['seconds']:.1f} s ({timing['steps_per_s']:.1f} steps/s); "
                f"last terms {timing['last_terms']}; wrote {out_dir}")
@@ -93,7 +105,7 @@ def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps
 # ---------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--n", "n_points", type=click.IntRange(min=2), default=500, show_default=True,
+@click.option("--n-points", "n_points", type=click.IntRange(min=2), default=500, show_default=True,
               help="Held-out points x ~ q_{t_min}.")
 @click.option("--rtol", type=POS_FLOAT, default=1e-5, show_default=True)
 @click.option("--atol", type=POS_FLOAT, default=1e-5, show_default=True)
@@ -104,7 +116,10 @@ def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps
 @click.option("--ema", is_flag=True,
               help="Use the EMA weights (default: the raw weights; an EMA of decay 0.999 still "
                    "holds much of the initialisation after a few thousand steps).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=output_file,
+              help="Write results here.")
+@threads_option
+@old_spelling("--n", "--n-points", "n_points", type=click.IntRange(min=2))
 def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_path) -> None:
     """NLL of a synthetic run's model by the probability-flow ODE, and its gap to the true NLL."""
     import torch
@@ -147,7 +162,9 @@ def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_
 @click.option("--ema", is_flag=True,
               help="Use the EMA weights (default: the raw weights; an EMA of decay 0.999 still "
                    "holds much of the initialisation after a few thousand steps).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the curve here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=output_file,
+              help="Write the curve here.")
+@threads_option
 def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     """Curl MSE over t, E_{x~q_t} 1/2 ||J - J^T||_F^2, of a synthetic run's model."""
     import torch
@@ -183,18 +200,21 @@ def benchmark() -> None:
 
 
 @benchmark.command("synthetic")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
-@click.option("--datasets", callback=comma_list(str, "data set names", allow_empty=True), default=None,
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, callback=output_dir)
+@click.option("--datasets", callback=comma_list(str, "data set names", allow_empty=True,
+                                                choices=sorted(DATASETS)), default=None,
               help="Comma-separated subset of " + ",".join(sorted(DATASETS)) + " (default: all).")
-@click.option("--sde", "sde_name", type=SDE_CHOICE, default="ve", show_default=True)
-@click.option("--alphas", callback=comma_list(float, "numbers", allow_empty=True),
+@click.option("--sde", "sde_name", type=SDE_CHOICE, default="vp", show_default=True)
+@click.option("--alphas", callback=comma_list(finite_float, "finite numbers", allow_empty=True),
               default="0.001,0.01", show_default=True,
               help="FP regulariser weights, one model each (empty: DSM only).")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True,
+              help="Optimiser steps per model.")
 @click.option("--grid", type=click.IntRange(min=4), default=32, show_default=True)
 @click.option("--n-test", type=click.IntRange(min=2), default=400, show_default=True)
 @click.option("--no-samples", is_flag=True, help="Skip the sample figure (ODE sampling).")
+@threads_option
 def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid, n_test,
                         no_samples) -> None:
     """Train DSM and FP-regularised models on every synthetic set; write table.md and figures."""
@@ -209,6 +229,7 @@ def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid,
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     out = Path(out_dir)
+    check_run_dir(out, "benchmark")
     t0 = time.perf_counter()
     try:
         records = run_benchmark(bcfg, out, progress=True, log=click.echo)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from cli._options import POS_FLOAT, UNIT_OPEN, FiniteFloat, check_run_dir, output_dir, threads_option
 from scorefpe.penalties import Omega, Penalty
 from scorefpe.training.config import Precision
 
@@ -31,7 +32,7 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--lam", type=float, default=1e-3, show_default=True, callback=_nonneg,
               help="Penalty weight lambda (ignored for --penalty none).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run directory.")
+              callback=output_dir, help="Run directory.")
 @click.option("--preset", type=click.Choice(["smoke", "paper"]), default="smoke", show_default=True,
               help="smoke: 4,096 digits, width 0.25, 3 epochs; paper: 60,000 digits, width 1, 200 epochs.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
@@ -40,9 +41,9 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--sde", type=click.Choice(["vp", "ve"]), default="vp", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--lr", type=POS_FLOAT, default=None,
               help="Adam step (default 5e-4; 1e-3 for fp/fpd).")
-@click.option("--width", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--width", type=POS_FLOAT, default=None,
               help="U-Net width factor (channels 32/64/128/256 times this).")
 @click.option("--n-train", type=click.IntRange(min=1), default=None,
               help="Use the first N training digits.")
@@ -51,11 +52,10 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--seed", type=click.IntRange(min=0), default=None)
 @click.option("--device", type=str, default=None, help="auto (default), cpu, cuda, cuda:N.")
 @click.option("--precision", type=click.Choice([p.value for p in Precision]), default=None)
-@click.option("--ema-decay", type=click.FloatRange(min=0, max=1, max_open=True), default=None)
+@click.option("--ema-decay", type=FiniteFloat(min=0, max=1, max_open=True), default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
               help="Also checkpoint every N steps (0: at epoch ends only).")
-@click.option("--t-min", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-              default=None, help="Smallest diffusion time (default 1e-5).")
+@click.option("--t-min", type=UNIT_OPEN, default=None, help="Smallest diffusion time (default 1e-5).")
 @click.option("--sub-batch", type=click.IntRange(min=1), default=None,
               help="Evaluate the penalty on the first N samples of each batch only.")
 @click.option("--alpha", type=float, default=None, callback=_nonneg, help="fpd: residual weight.")
@@ -63,6 +63,7 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--omega", type=click.Choice([o.value for o in Omega]), default=None,
               help="fpd: time weight of the residual.")
 @click.option("--m", "m", type=click.IntRange(min=1), default=None, help="fpd: norm power.")
+@threads_option
 def mnist(
     penalty: str, lam: float, out: Path, preset: str, resume: bool, data_dir: Path | None,
     sde: str, **overrides,
@@ -84,6 +85,7 @@ def mnist(
         raise click.UsageError(str(err)) from None
     if data_dir is not None and not data_dir.is_dir():
         raise click.BadParameter(f"no such directory: {data_dir}", param_hint="--data-dir")
+    check_run_dir(out, "mnist")
     if resume and not (out / "checkpoint.pt").is_file():
         raise click.BadParameter(f"no checkpoint to resume in {out}", param_hint="--out")
     if not resume and (out / "checkpoint.pt").exists():

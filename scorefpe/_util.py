@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -23,6 +24,21 @@ def parse_choice(enum_cls: type[E], value: E | str, what: str) -> E:
     except ValueError:
         valid = ", ".join(repr(m.value) for m in enum_cls)  # type: ignore[attr-defined]
         raise ValueError(f"unknown {what} {value!r}; choose one of {valid}") from None
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that `atomic_output` leaves beside ``path`` when its process
+    is killed mid-write (".<stem>.<random><suffix>"); returns what was removed. Call it only
+    where one process writes ``path`` (a run directory's checkpoint), never for shared files."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(f".{path.stem}.*{path.suffix or '.tmp'}"):
+        if tmp.is_file() and tmp.name != path.name:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -59,6 +75,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to ``path`` atomically (temporary file, then os.replace)."""
     atomic_write_bytes(path, text.encode())
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The parsed content of the JSON file at ``path``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not valid UTF-8 JSON; the message names the file, so a corrupt
+            eval.json or config.json among many is found at once.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid {what} ({err}); delete or restore it") from None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (metrics.jsonl) as dicts. A last line cut by a crash is
+    skipped (an append interrupted mid-line); any other line that is not a JSON object is
+    corruption: ValueError naming the file and the line."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a valid JSON-lines file ({err}); delete or restore it") from None
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            rec = None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}, line {i + 1}: not a JSON object ({line[:40]!r}); delete or "
+                             "restore the file")
+        out.append(rec)
+    return out
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:

@@ -292,8 +292,8 @@ def test_mixed_collocation_draws_the_uniform_fraction_on_the_widened_box(fractio
     assert int((y != x).any(-1).sum()) == b - keep
 
 
-SMALL = ["--hidden", "16", "--depth", "2", "--batch", "32", "--batch-ic", "32", "--eval-samples", "40",
-         "--em-steps", "5", "--eval-points", "64", "--fp-points", "8", "--density-points", "0", "--density-grid", "0", "--no-baseline"]
+SMALL = ["--hidden", "16", "--depth", "2", "--batch-size", "32", "--ic-batch-size", "32", "--eval-samples", "40",
+         "--sampler-steps", "5", "--eval-points", "64", "--fp-points", "8", "--density-points", "0", "--density-grid", "0", "--no-baseline"]
 
 
 @pytest.mark.parametrize(
@@ -308,8 +308,8 @@ SMALL = ["--hidden", "16", "--depth", "2", "--batch", "32", "--batch-ic", "32", 
         (["--init", "noisy"], "noisy"),
         (["--precond", "loose"], "loose"),
         (["--init", "dsm", "--precond", "local"], "exact initial score"),
-        (["--collocation", "mixed", "--uniform-fraction", "0"], "uniform_fraction"),
-        (["--collocation", "mixed", "--uniform-fraction", "1.2"], "uniform_fraction"),
+        (["--collocation", "mixed", "--uniform-fraction", "0"], "--uniform-fraction"),
+        (["--collocation", "mixed", "--uniform-fraction", "1.2"], "--uniform-fraction"),
         (["--uniform-fraction", "0.25"], "--collocation mixed"),
         (["--t-sampling", "log"], "log"),
     ],

@@ -150,8 +150,13 @@ def build_model(cfg: SyntheticRunConfig) -> tuple[MLPScoreNet, SDE, SyntheticDat
 
 def train_synthetic_run(
     cfg: SyntheticRunConfig, run_dir: str | Path, *, progress: bool = False, resume: bool = False,
+    checkpoint_every: int = 250, max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train one model into ``run_dir`` (config.json, checkpoint.pt, metrics.jsonl, timing.json).
+
+    A checkpoint is written every ``checkpoint_every`` steps (0: at the end only) and at the
+    end, so a killed run continues with ``resume`` and reproduces the uninterrupted one bit for
+    bit; ``max_steps`` stops early (checkpointed; timing.json only when all cfg.steps are done).
 
     Returns the timing record {"seconds", "steps", "steps_per_s", "last_terms"}.
     Cost per step: DSM about 3 F on the batch; with 'fpd' the estimated residual adds 3 F for
@@ -170,11 +175,15 @@ def train_synthetic_run(
     data = SampledBatches(lambda n, g: ds.sample(n, g).float(), cfg.batch_size,
                           steps_per_epoch=cfg.steps, seed=cfg.seed)
     tcfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=1, ema_decay=cfg.ema_decay,
-                       seed=cfg.seed, device="cpu", checkpoint_every=0, log_every=cfg.log_every)
+                       seed=cfg.seed, device="cpu", checkpoint_every=checkpoint_every,
+                       log_every=cfg.log_every, max_steps=max_steps)
     t0 = time.perf_counter()
     res = train(model, dsm_objective(sde, pcfg), data, tcfg, run_dir, resume=resume,
                 run_config={"synthetic": cfg.to_dict()}, progress=progress)
     sec = time.perf_counter() - t0
+    if res.step < cfg.steps:
+        return {"seconds": sec, "steps": res.step, "steps_per_s": None,
+                "last_terms": res.last_terms, "threads": torch.get_num_threads(), "stopped": True}
     timing = {"seconds": sec, "steps": res.step, "steps_per_s": res.step / sec if sec > 0 else None,
               "last_terms": res.last_terms, "threads": torch.get_num_threads()}
     atomic_write_json(Path(run_dir) / TIMING_NAME, timing)
@@ -192,10 +201,15 @@ def load_synthetic_run(run_dir: str | Path, *, ema: bool = True) -> tuple[MLPSco
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise ValueError(f"{run_dir} is not a run directory: no config.json")
-    conf = json.loads(cfg_path.read_text())
-    if "synthetic" not in conf:
+    from scorefpe._util import read_json
+
+    conf = read_json(cfg_path, "config.json")
+    if not isinstance(conf, dict) or "synthetic" not in conf:
         raise ValueError(f"{run_dir} is not a synthetic run (config.json has no 'synthetic' entry)")
-    cfg = SyntheticRunConfig(**conf["synthetic"])
+    try:
+        cfg = SyntheticRunConfig(**conf["synthetic"])
+    except TypeError as err:
+        raise ValueError(f"{cfg_path}: not the settings of a synthetic run ({err})") from None
     try:
         state = load_checkpoint(run_dir / "checkpoint.pt")
     except FileNotFoundError as err:
@@ -470,6 +484,8 @@ def run_benchmark(
         ValueError: out_dir holds a finished run whose settings differ from ``bcfg``'s.
     ``log`` receives one line per finished model (the CLI prints it).
     """
+    from scorefpe._util import read_json
+
     out_dir = Path(out_dir)
     runs_dir = out_dir / "runs"
     atomic_write_json(out_dir / "benchmark_config.json", bcfg.to_dict())
@@ -479,14 +495,14 @@ def run_benchmark(
         run_dir = runs_dir / rel
         ev_path = run_dir / EVAL_NAME
         if ev_path.is_file():
-            rec = json.loads(ev_path.read_text())
-            if rec.get("config") != cfg.to_dict():
+            rec = read_json(ev_path, "eval.json")
+            if not isinstance(rec, dict) or rec.get("config") != cfg.to_dict():
                 raise ValueError(
                     f"{run_dir} holds a run with other settings than this benchmark's; "
                     f"choose another output directory or delete it")
         else:
             if (run_dir / "checkpoint.pt").is_file() and (run_dir / TIMING_NAME).is_file():
-                timing = json.loads((run_dir / TIMING_NAME).read_text())
+                timing = read_json(run_dir / TIMING_NAME, "timing.json")
             else:
                 if run_dir.exists():  # a run interrupted mid-training: start it again
                     import shutil
@@ -509,7 +525,7 @@ def run_benchmark(
             continue
         ev_path = runs_dir / d / "closed_form" / EVAL_NAME
         if ev_path.is_file():
-            rec = json.loads(ev_path.read_text())
+            rec = read_json(ev_path, "eval.json")
         else:
             sde = make_sde(bcfg.sde)
             ev = evaluate_score(ds.score_fn(sde), sde, ds, t_min=bcfg.t_min, dtype=torch.float64,

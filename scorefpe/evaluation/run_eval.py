@@ -204,17 +204,19 @@ def time_per_epoch(run_dir: str | Path) -> dict[str, Any]:
     epoch was recorded (e.g. a run stopped by max_steps inside its first epoch). Lines cut by a
     crash are skipped.
     """
+    from scorefpe._util import read_jsonl
+
     path = _check_run_dir(run_dir) / "metrics.jsonl"
     times, ips = [], []
     if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in read_jsonl(path):
             if rec.get("kind") == "epoch" and rec.get("complete", False):
-                times.append(float(rec["time_s"]))
-                ips.append(float(rec.get("images_per_s", float("nan"))))
+                try:
+                    times.append(float(rec["time_s"]))
+                    ips.append(float(rec.get("images_per_s", float("nan"))))
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError(f"{path}: epoch record without a numeric time_s: "
+                                     f"{rec}") from None
     if not times:
         return {"mean_s": None, "std_s": None, "n_epochs": 0, "images_per_s": None}
     t = np.asarray(times)
@@ -514,8 +516,14 @@ def collect_report(directory: str | Path) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     curves: dict[str, DiagnosticCurves] = {}
+    from scorefpe._util import read_json
+
     for d in runs:
-        r = json.loads((d / EVAL_JSON).read_text())
+        r = read_json(d / EVAL_JSON, "eval.json")
+        if not isinstance(r, dict) or not {"sampling", "fid", "density", "coverage",
+                                           "entropy_nats", "time_per_epoch"} <= set(r):
+            raise ValueError(f"{d / EVAL_JSON} is not an eval.json of `scorefpe eval` (keys "
+                             "missing); delete it or run `scorefpe eval` again")
         try:
             pen = json.loads((d / "config.json").read_text()).get("penalty", {})
         except (OSError, json.JSONDecodeError):
@@ -531,16 +539,20 @@ def collect_report(directory: str | Path) -> str:
         )
         dj = d / "diagnostics.json"
         if dj.is_file():
-            raw = json.loads(dj.read_text())
+            raw = read_json(dj, "diagnostics.json")
 
             def _curve(name: str, rows: list[dict[str, float]]) -> Curve:
                 return Curve(name, _t.tensor([x["t"] for x in rows]),
                              _t.tensor([x["mean"] for x in rows]),
                              _t.tensor([x["se"] for x in rows]))
 
-            curves[d.name] = DiagnosticCurves(
-                _curve("r_FP", raw["r_FP"]), _curve("r_DSM", raw["r_DSM"]),
-                _curve("jac_fro", raw["jac_fro"]))
+            try:
+                curves[d.name] = DiagnosticCurves(
+                    _curve("r_FP", raw["r_FP"]), _curve("r_DSM", raw["r_DSM"]),
+                    _curve("jac_fro", raw["jac_fro"]))
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{dj} is not a diagnostics.json of `scorefpe eval` ({err!r}); "
+                                 "delete it or run `scorefpe eval` again") from None
     lines.append("")
     lines.append(f"Machine of the last evaluation: {r['machine']}.")
     if curves:

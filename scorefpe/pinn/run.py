@@ -109,6 +109,7 @@ class TrainRun:
     eval: EvalResult | None = None
     eval_seconds: float | None = None
     samples: dict[str, Tensor] = field(default_factory=dict)
+    eval_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready numbers (results.json's entry of this run): no model, no samples."""
@@ -117,6 +118,8 @@ class TrainRun:
         if self.eval is not None:
             out["eval"] = self.eval.to_dict()
             out["eval_seconds"] = self.eval_seconds
+        if self.eval_error is not None:
+            out["eval_error"] = self.eval_error
         return out
 
 
@@ -268,6 +271,7 @@ def run_cauchy(
 
     Raises:
         ResumeMismatchError, ValueError, FloatingPointError: from `train_run`.
+        EvaluationError: evaluating a trained run failed; results.json is written first.
     """
     out_dir = Path(out_dir)
     eval_cfg = eval_cfg if eval_cfg is not None else CauchyEvalConfig()
@@ -283,15 +287,27 @@ def run_cauchy(
         if run.steps >= c.steps:
             run.model.eval()
             t0 = time.perf_counter()
-            run.eval, run.samples = evaluate_model(
-                run.model, sde, dataset, t_min=cfg.t_min, n_samples=eval_cfg.n_samples,
-                em_steps=eval_cfg.em_steps, seed=cfg.seed, n_density=eval_cfg.n_density,
-                n_points=eval_cfg.n_points, n_fp_points=eval_cfg.n_fp_points)
+            try:
+                run.eval, run.samples = evaluate_model(
+                    run.model, sde, dataset, t_min=cfg.t_min, n_samples=eval_cfg.n_samples,
+                    em_steps=eval_cfg.em_steps, seed=cfg.seed, n_density=eval_cfg.n_density,
+                    n_points=eval_cfg.n_points, n_fp_points=eval_cfg.n_fp_points)
+            except (RuntimeError, FloatingPointError) as err:
+                # An ODE solver failure on one model must not lose the other's results: it is
+                # recorded in results.json and raised after that file is written.
+                run.eval_error = f"{type(err).__name__}: {err}"
             run.eval_seconds = time.perf_counter() - t0
         if on_run is not None:
             on_run(name, run)
     done = result.finished
+    failed = {k: r for k, r in result.runs.items() if r.eval_error is not None}
     if not done:
+        if failed:
+            result.results_path = out_dir / "results.json"
+            atomic_write_json(result.results_path, {
+                "config": cfg.to_dict(), "evals_per_step": n_eval,
+                "runs": {k: r.to_dict() for k, r in failed.items()}})
+            raise EvaluationError(result)
         return result
     true = done[next(iter(done))].samples["true"]
     result.figures.append(plot_score_error(out_dir / "score_error.png", done))
@@ -303,9 +319,21 @@ def run_cauchy(
     result.results_path = out_dir / "results.json"
     atomic_write_json(result.results_path, {
         "config": cfg.to_dict(), "evals_per_step": n_eval,
-        "runs": {k: r.to_dict() for k, r in done.items()},
+        "runs": {k: r.to_dict() for k, r in {**done, **failed}.items()},
     })
+    if failed:
+        raise EvaluationError(result)
     return result
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation of some trained run failed (e.g. the ODE solver); ``result`` holds every
+    run, results.json (written) the evaluated ones and each failure's message."""
+
+    def __init__(self, result: CauchyResult) -> None:
+        self.result = result
+        msgs = "; ".join(f"{k}: {r.eval_error}" for k, r in result.runs.items() if r.eval_error)
+        super().__init__(f"evaluation failed ({msgs}); the other results are in {result.results_path}")
 
 
 def plot_score_error(path: str | Path, runs: dict[str, TrainRun]) -> Path:

@@ -358,7 +358,11 @@ def train(
         terms = loss_fn(generator)
         total = terms["total"]
         if not bool(torch.isfinite(total)):
-            raise FloatingPointError(f"non-finite loss {float(total)} at step {state.step}")
+            # Name the first non-finite term: it says which part of the loss blew up.
+            bad = [k for k, v in terms.items() if k != "total" and not bool(torch.isfinite(v).all())]
+            name = bad[0] if bad else "total"
+            raise FloatingPointError(
+                f"non-finite loss at step {state.step + 1}: term {name!r} = {float(terms[name].detach().sum())}")
         total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from scorefpe._util import atomic_output, atomic_write_text
+from scorefpe._util import atomic_output, atomic_write_text, remove_stale_temporaries
 
 __all__ = ["CHECKPOINT_NAME", "CONFIG_NAME", "METRICS_NAME", "FORMAT_VERSION", "atomic_write_json",
            "atomic_write_text", "save_checkpoint", "load_checkpoint"]
@@ -33,6 +33,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """torch.save ``state`` (plus a format version) to ``path`` atomically, flushed to disk
     before the rename; the file gets mode 0666 & ~umask like every other output."""
     payload = dict(state, format=FORMAT_VERSION)
+    # A temporary file of a save killed mid-write (kill -9, power loss) is never renamed; the
+    # one writer of this checkpoint removes it here so run directories do not collect them.
+    remove_stale_temporaries(path)
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(payload, fh)

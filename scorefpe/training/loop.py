@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from scorefpe._util import remove_stale_temporaries
 from scorefpe.penalties import LossTerms
 from scorefpe.training import distributed as dd
 from scorefpe.training.checkpoint import (
@@ -203,6 +204,7 @@ def train(
     if resume:
         # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict moves the rest.
         state = load_checkpoint(ckpt_path, map_location="cpu")
+        remove_stale_temporaries(ckpt_path)  # left by a save that was killed mid-write
         diff = _config_diff(state["config"], config)
         if diff:
             raise ValueError(
@@ -226,6 +228,8 @@ def train(
         atomic_write_json(run_dir / CONFIG_NAME, config)
         if resume:
             metrics.truncate_after(step)
+        else:  # a fresh run must not append to the metrics of an earlier, abandoned one
+            metrics.path.unlink(missing_ok=True)
     dd.barrier(info)
 
     net: nn.Module = model

@@ -162,14 +162,14 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> tuple[ScoreNet, SDE, d
     Raises:
         FileNotFoundError / ValueError: no or unreadable checkpoint / config.
     """
-    import json
-
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {run_dir}")
-    config = json.loads(cfg_path.read_text())
-    if config.get("task") != "mnist":
+    from scorefpe._util import read_json
+
+    config = read_json(cfg_path, "config.json")
+    if not isinstance(config, dict) or config.get("task") != "mnist":
         raise ValueError(f"{run_dir} is not an MNIST run (task {config.get('task')!r})")
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     sde = make_sde(config["sde"])
