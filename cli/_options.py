@@ -1,4 +1,20 @@
-"""Option validators shared by the click commands (one copy of each, for one error message)."""
+"""Option types, validators and decorators shared by the click commands (one copy of each, for
+one error message), and the command-line vocabulary every command follows:
+
+- ``--out DIR`` is always a directory (a run, an experiment, a report folder). A command that
+  writes one file names it by its format: ``--json FILE``, ``--md FILE``, ``--png FILE``,
+  ``--npy FILE``, ``--weights FILE``.
+- ``--steps`` counts optimiser steps; a sampler's time steps are ``--sampler-steps``.
+- ``--n-samples`` counts generated samples; ``--n-points`` counts evaluation points x (per t,
+  or held out); ``--n-t`` counts times; ``--batch-size`` is a batch (``--ic-batch-size`` the
+  initial-condition batch of cauchy).
+- ``--sde`` defaults to vp everywhere (ve on request).
+- ``--threads N`` on every command that computes (`threads_option`; default `default_threads`).
+- Bad input exits 2 with one line naming the value, before any data is read or anything is
+  computed or written: floats are finite (`FiniteFloat`), output paths are checked at parse
+  time (`output_dir`, `output_file`), a run directory holds one kind of run (`check_run_dir`).
+- An old spelling stays as a hidden alias that prints a deprecation note (`old_spelling`).
+"""
 
 from __future__ import annotations
 
