@@ -155,6 +155,7 @@ CASES = [
     ("synth-out-under-file", "train synthetic --out {F}/run", "plain.txt", None),
     ("synth-out-mnist-run", "train synthetic --out {R}", "train mnist", None),
     ("synth-resume-nothing", "train synthetic --resume --out {N}", "no checkpoint", None),
+    ("synth-device-unknown", "train synthetic --device npu --out {N}", "npu", None),
     # likelihood
     ("lik-run-missing", "likelihood {N}", "new", None),
     ("lik-run-is-file", "likelihood {F}", "plain.txt", None),

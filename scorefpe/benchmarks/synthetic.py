@@ -150,13 +150,14 @@ def build_model(cfg: SyntheticRunConfig) -> tuple[MLPScoreNet, SDE, SyntheticDat
 
 def train_synthetic_run(
     cfg: SyntheticRunConfig, run_dir: str | Path, *, progress: bool = False, resume: bool = False,
-    checkpoint_every: int = 250, max_steps: int | None = None,
+    checkpoint_every: int = 250, max_steps: int | None = None, device: str = "cpu",
 ) -> dict[str, Any]:
     """Train one model into ``run_dir`` (config.json, checkpoint.pt, metrics.jsonl, timing.json).
 
     A checkpoint is written every ``checkpoint_every`` steps (0: at the end only) and at the
     end, so a killed run continues with ``resume`` and reproduces the uninterrupted one bit for
     bit; ``max_steps`` stops early (checkpointed; timing.json only when all cfg.steps are done).
+    ``device``: where to train (a `scorefpe.training.config.resolve_device` spelling).
 
     Returns the timing record {"seconds", "steps", "steps_per_s", "last_terms"}.
     Cost per step: DSM about 3 F on the batch; with 'fpd' the estimated residual adds 3 F for
@@ -175,7 +176,7 @@ def train_synthetic_run(
     data = SampledBatches(lambda n, g: ds.sample(n, g).float(), cfg.batch_size,
                           steps_per_epoch=cfg.steps, seed=cfg.seed)
     tcfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=1, ema_decay=cfg.ema_decay,
-                       seed=cfg.seed, device="cpu", checkpoint_every=checkpoint_every,
+                       seed=cfg.seed, device=device, checkpoint_every=checkpoint_every,
                        log_every=cfg.log_every, max_steps=max_steps)
     t0 = time.perf_counter()
     res = train(model, dsm_objective(sde, pcfg), data, tcfg, run_dir, resume=resume,
