@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 
-from scorefpe.evaluation.likelihood import probability_flow_likelihood  # moves to scorefpe.sampling.likelihood
+from scorefpe.sampling.likelihood import probability_flow_likelihood
 from scorefpe.sde import VPSDE
 
 DT = torch.float64
