@@ -25,7 +25,7 @@ OLD = [  # (command prefix, new spelling, old spelling)
     ("bench penalties", "--md", "--out"), ("bench penalties", "--batch-size", "--batch"),
     ("report", "--md", "--out"), ("lenet train", "--weights", "--out"),
     ("lenet eval", "--weights", "--model"), ("sample", "--n-samples", "--n"),
-    ("sample", "--sampler-steps", "--steps"), ("experiment table1", "--sampler-steps", "--steps"),
+    ("sample", "--sampler-steps", "--steps"), ("sample", "--npy", "--out"), ("experiment table1", "--sampler-steps", "--steps"),
     ("diagnose", "--png", "--out"), ("diagnose", "--n-points", "--points"),
     ("experiment lambda-sweep", "--n-points", "--points"), ("likelihood", "--n-points", "--n"),
 ]
@@ -52,6 +52,7 @@ def run(mode: str, out_path: str, limit: int = 15) -> None:
             for pre, new, old in OLD:
                 if args.startswith(pre):
                     args = re.sub(rf"(?<!\S){re.escape(new)}(?!\S)", old, args)
+                    needle = old if needle == new else needle
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             ws = tc._workspace(tmp, setup)
@@ -80,7 +81,10 @@ def run(mode: str, out_path: str, limit: int = 15) -> None:
             else:
                 what = (f"exit {r.exit_code}" + ("" if named else ", value not named")
                         + (", wrote files" if wrote else ""))
-            last = errs[0] if errs else (out.strip().splitlines() or [""])[-1]
+            if tb:
+                last = f"{type(r.exception).__name__}: {r.exception}"
+            else:
+                last = errs[0] if errs else (out.strip().splitlines() or [""])[-1]
             res[cid] = {"args": args, "outcome": what, "error": last[:150]}
         print(cid, res[cid]["outcome"], flush=True)
         Path(out_path).write_text(json.dumps(res, indent=1))

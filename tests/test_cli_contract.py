@@ -18,10 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-try:  # the CLI moves into the package (scorefpe.cli); either layout works
-    from scorefpe.cli.main import main
-except ImportError:  # pragma: no cover - the layout before the move
-    from cli.main import main
+from scorefpe.cli.main import main
 
 from scorefpe.data.idx import write_idx
 

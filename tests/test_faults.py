@@ -17,10 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-try:
-    from scorefpe.cli.main import main
-except ImportError:  # pragma: no cover - the layout before the move
-    from cli.main import main
+from scorefpe.cli.main import main
 
 import scorefpe._util as util
 import scorefpe.training.checkpoint as ckpt_mod
@@ -180,7 +177,7 @@ def test_cauchy_divergence_names_the_term_and_a_retry_runs_in_the_same_directory
 
 
 def test_cauchy_keeps_results_json_when_one_evaluation_fails(tmp_path, monkeypatch):
-    import scorefpe.pinn.run as pr
+    import scorefpe.experiments.cauchy as pr
 
     real = pr.evaluate_model
     calls = []
@@ -268,10 +265,7 @@ def test_time_per_epoch_names_a_corrupt_metrics_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Threads and old spellings
 def test_default_threads_follow_omp_num_threads_else_one(monkeypatch):
-    try:
-        from scorefpe.cli._options import default_threads
-    except ImportError:  # pragma: no cover
-        from cli._options import default_threads
+    from scorefpe.cli._options import default_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_threads() == 3
@@ -343,8 +337,7 @@ def _tiny_idx(d: Path, n: int = 64) -> Path:
 
 
 def _cli_subprocess(args: list[str], env: dict) -> subprocess.Popen:
-    code = ("import sys\ntry:\n    from scorefpe.cli.main import main\nexcept ImportError:\n"
-            "    from cli.main import main\nsys.argv[0] = 'scorefpe'\nmain()")
+    code = "import sys\nfrom scorefpe.cli.main import main\nsys.argv[0] = 'scorefpe'\nmain()"
     return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

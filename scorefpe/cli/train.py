@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import POS_FLOAT, UNIT_OPEN, FiniteFloat, check_run_dir, output_dir, threads_option
+from scorefpe.cli._options import POS_FLOAT, UNIT_OPEN, FiniteFloat, check_run_dir, output_dir, threads_option
 from scorefpe.penalties import Omega, Penalty
 from scorefpe.training.config import Precision
 
@@ -76,7 +76,7 @@ def mnist(
     """
     from scorefpe.training import distributed as dd
     from scorefpe.training.loop import NonFiniteLossError
-    from scorefpe.training.mnist import mnist_run, train_mnist
+    from scorefpe.training.mnist_unet import mnist_run, train_mnist
 
     try:
         run = mnist_run(preset, penalty=penalty, lam=lam if penalty != "none" else 0.0, sde=sde,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import POS_FLOAT, old_spelling, output_file, threads_option
+from scorefpe.cli._options import POS_FLOAT, old_spelling, output_file, threads_option
 
 
 def _load_split(split: str, data_dir: str | None):
@@ -51,7 +51,7 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
     """Train LeNet on the MNIST training set, report test accuracy, save weights + checksum."""
     import torch
 
-    from scorefpe.evaluation.lenet import (
+    from scorefpe.metrics.lenet import (
         LeNetTrainConfig,
         default_lenet_path,
         file_sha256,
@@ -108,13 +108,13 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
 @old_spelling("--model", "--weights", "model_path", type=click.Path(dir_okay=False))
 def evaluate(model_path: str | None, data_dir: str | None, floor_n: int) -> None:
     """Verify a saved LeNet's checksum; report its MNIST test accuracy and real-data metric floor."""
-    from scorefpe.evaluation.lenet import (
+    from scorefpe.metrics.lenet import (
         default_lenet_path,
         lenet_accuracy,
         load_lenet,
-        real_data_floor,
         weights_sha256,
     )
+    from scorefpe.metrics.sample_quality import real_data_floor
 
     path = Path(model_path) if model_path is not None else default_lenet_path()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import FiniteFloat, UNIT_OPEN, old_spelling, output_file, positive_int, threads_option
+from scorefpe.cli._options import FiniteFloat, UNIT_OPEN, old_spelling, output_file, positive_int, threads_option
 
 SAMPLERS = ("em", "pc", "ode")
 

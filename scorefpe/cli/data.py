@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli._options import POS_FLOAT, output_dir
+from scorefpe.cli._options import POS_FLOAT, output_dir
 
 
 @click.group()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from cli._options import (NONNEG_FLOAT, POS_FLOAT, UNIT_OPEN, check_run_dir, comma_list, finite_float,
+from scorefpe.cli._options import (NONNEG_FLOAT, POS_FLOAT, UNIT_OPEN, check_run_dir, comma_list, finite_float,
                           old_spelling, output_dir, output_file, threads_option)
 from scorefpe.data.synthetic import DATASETS
-from scorefpe.evaluation.likelihood import ODE_METHODS
+from scorefpe.sampling.likelihood import ODE_METHODS
 from scorefpe.sde import SDES
 
 DATASET_CHOICE = click.Choice(sorted(DATASETS))
@@ -28,7 +28,7 @@ def _write_json(path: str, obj: object) -> None:
 
 
 def _load_run(run_dir: str, ema: bool):
-    from scorefpe.benchmarks.synthetic import build_model, load_synthetic_run
+    from scorefpe.experiments.synthetic_bench import build_model, load_synthetic_run
 
     try:
         model, cfg = load_synthetic_run(run_dir, ema=ema)
@@ -70,8 +70,8 @@ def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps
                     t_min, hidden, depth, seed, resume, checkpoint_every, max_steps, out_dir,
                     device) -> None:
     """Train an MLP score model on a synthetic data set (DSM or DSM + FP regulariser)."""
-    from cli._options import resolve_device_option
-    from scorefpe.benchmarks.synthetic import SyntheticRunConfig, train_synthetic_run
+    from scorefpe.cli._options import resolve_device_option
+    from scorefpe.experiments.synthetic_bench import SyntheticRunConfig, train_synthetic_run
 
     dev = resolve_device_option(device)
     try:
@@ -130,7 +130,7 @@ def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_
     """NLL of a synthetic run's model by the probability-flow ODE, and its gap to the true NLL."""
     import torch
 
-    from scorefpe.benchmarks.synthetic import heldout_likelihood
+    from scorefpe.experiments.synthetic_bench import heldout_likelihood
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     try:
@@ -175,7 +175,7 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     """Curl MSE over t, E_{x~q_t} 1/2 ||J - J^T||_F^2, of a synthetic run's model."""
     import torch
 
-    from scorefpe.evaluation.conservativity import curl_mse_curve, time_average, uniform_t_grid
+    from scorefpe.metrics.conservativity import curl_mse_curve, time_average, uniform_t_grid
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     if ds.dim < 2:
@@ -224,8 +224,8 @@ def benchmark() -> None:
 def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid, n_test,
                         no_samples) -> None:
     """Train DSM and FP-regularised models on every synthetic set; write table.md and figures."""
-    from scorefpe.benchmarks import report
-    from scorefpe.benchmarks.synthetic import BenchmarkConfig, EvalConfig, run_benchmark
+    from scorefpe.experiments import synthetic_report as report
+    from scorefpe.experiments.synthetic_bench import BenchmarkConfig, EvalConfig, run_benchmark
 
     try:
         bcfg = BenchmarkConfig(
@@ -274,7 +274,7 @@ def _fallback_train() -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add this module's commands to ``main``. `synthetic` joins the `train` group of cli/train.py
+    """Add this module's commands to ``main``. `synthetic` joins the `train` group of scorefpe/cli/train.py
     when that exists, else a local `train` group holding only it."""
     main.add_command(likelihood)
     main.add_command(curl)
@@ -282,7 +282,7 @@ def register(main: click.Group) -> None:
     grp = main.commands.get("train")
     if grp is None:
         try:
-            from cli.train import train as grp  # type: ignore[no-redef]
+            from scorefpe.cli.train import train as grp  # type: ignore[no-redef]
         except ImportError:
             grp = None
         if not isinstance(grp, click.Group):

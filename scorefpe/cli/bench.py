@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import POS_FLOAT, old_spelling, output_file, threads_option
+from scorefpe.cli._options import POS_FLOAT, old_spelling, output_file, threads_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,7 +41,7 @@ def penalties(
 ) -> None:
     """Median training-step time (forward, penalty, backward, Adam) and autograd memory of
     DSM + each penalty, as ratios to plain DSM, on one batch in this process."""
-    from cli._options import resolve_device_option
+    from scorefpe.cli._options import resolve_device_option
     from scorefpe._util import atomic_write_text, machine_description
     from scorefpe.training.bench import bench_penalties, default_variants, format_table
 
