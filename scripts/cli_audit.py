@@ -40,6 +40,11 @@ def _alarm(*_: object) -> None:
 
 
 def run(mode: str, out_path: str, limit: int = 15) -> None:
+    if mode == "old":  # a checkout before issue 17's layout has its CLI in a top-level `cli`
+        import cli
+        import cli.main
+
+        sys.modules["scorefpe.cli"], sys.modules["scorefpe.cli.main"] = cli, cli.main
     spec = importlib.util.spec_from_file_location("tc", HERE / "tests/test_cli_contract.py")
     tc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tc)
@@ -108,7 +113,9 @@ def render(before_path: str, after_path: str, fixes_path: str) -> None:
         b = before.get(cid, {"outcome": "not run", "error": ""})
         was = b["outcome"]
         if was != "as promised" and b.get("error"):
-            was += ": " + b["error"].replace("Error: ", "")
+            err = re.sub(r"/tmp/[^/\s']+/", ".../", b["error"])
+            err = err[len("Error: "):] if err.startswith("Error: ") else err
+            was += ": " + (err if len(err) <= 100 else err[:99] + "…")
         was = was.replace("|", "\\|").replace("`", "'")
         fix = "" if b["outcome"] == "as promised" else fixes.get(cid, fixes.get("*", ""))
         now = after.get(cid, {}).get("outcome", "not run")
