@@ -89,8 +89,8 @@ def finite_float(text: str) -> float:
     return v
 
 
-parse_floats = comma_list(finite_float, "finite numbers")
-"""A comma-separated list of floats ("1e-4,0.01,1") as a non-empty tuple; None stays None."""
+parse_floats = comma_list(finite_float, "numbers")
+"""A comma-separated list of finite floats ("1e-4,0.01,1") as a non-empty tuple; None stays None."""
 
 
 # ---------------------------------------------------------------------------------------------

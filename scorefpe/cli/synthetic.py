@@ -211,7 +211,7 @@ def benchmark() -> None:
                                                 choices=sorted(DATASETS)), default=None,
               help="Comma-separated subset of " + ",".join(sorted(DATASETS)) + " (default: all).")
 @click.option("--sde", "sde_name", type=SDE_CHOICE, default="vp", show_default=True)
-@click.option("--alphas", callback=comma_list(finite_float, "finite numbers", allow_empty=True),
+@click.option("--alphas", callback=comma_list(finite_float, "numbers", allow_empty=True),
               default="0.001,0.01", show_default=True,
               help="FP regulariser weights, one model each (empty: DSM only).")
 @click.option("--seeds", type=click.IntRange(min=1), default=2, show_default=True)
