@@ -48,6 +48,8 @@ __all__ = [
     "Omega",
     "Penalty",
     "PenaltyConfig",
+    "TimeProposal",
+    "draw_times",
     "divergence_penalty",
     "dsm_loss",
     "fp_diffusion_regulariser",
@@ -86,8 +88,65 @@ class Estimator(str, Enum):
 
 
 # Default step in x of the fd estimators: 1e-3 for the first differences of DIV/JAC (float32
-# round-off ~1e-4 relative), 1e-2 for FP's mixed second difference (round-off ~eps_32 / h_x^2).
-_H_X = {"jv": 1e-3, "fp": 1e-2}
+# round-off ~1e-4 relative), 3e-3 for FP's mixed second difference (round-off ~eps_32 / h_x^2
+# against truncation ~h_x; see operators.score_and_projected_fp_residual).
+_H_X = {"jv": 1e-3, "fp": 3e-3}
+
+
+class TimeProposal(str, Enum):
+    """Distribution the objective draws t from; the terms are reweighted by p(t) / q(t) with p
+    the uniform density on [t_min, T], so every term's batch mean stays unbiased.
+
+    uniform: q = p (weights 1; the papers' choice).
+    log-mixture: q = 1/2 U[t_min, T] + 1/2 q_1, q_1 proportional to 1 / t on [t_min, T]
+        (log-uniform). A per-sample penalty that grows like 1 / sigma(t)^2 ~ 1 / t as t -> t_min
+        (VP; P_DIV of a network whose Jacobian is O(1 / sigma)) dominates the batch mean under p
+        through the one or two smallest t; under q the weight p / q ~ 2 t log(T / t_min) / (T -
+        t_min) cancels that growth.
+    inverse-square-mixture: q = 1/2 U[t_min, T] + 1/2 q_2, q_2 proportional to 1 / t^2: for
+        penalties growing like 1 / t^2 or faster (P_FP: d_t s ~ sigma' / sigma^2).
+    Both keep p / q <= 2 everywhere (the uniform half), so no weight explodes.
+    """
+
+    UNIFORM = "uniform"
+    LOG_MIXTURE = "log-mixture"
+    INVERSE_SQUARE_MIXTURE = "inverse-square-mixture"
+
+
+def draw_times(
+    u: Tensor, c: Tensor, t_min: float, t_max: float, proposal: TimeProposal | str
+) -> tuple[Tensor, Tensor]:
+    """(t, w): times from ``proposal`` made of uniforms u, c in [0, 1) (shape (B,)), and the
+    importance weights w = p(t) / q(t), p = U[t_min, t_max] (E_q[w f(t)] = E_p[f(t)]).
+
+    uniform: t = t_min + (t_max - t_min) u, w = 1 (c unused). The mixtures: c < 1/2 picks the
+    heavy component by inversion of its CDF (log-uniform: t = t_min (t_max / t_min)^u; 1 / t^2:
+    1 / t = 1 / t_min - u (1 / t_min - 1 / t_max)), else the uniform one with the same u.
+
+    Raises:
+        ValueError: not 0 < t_min < t_max, or shapes of u and c differ.
+    """
+    prop = parse_choice(TimeProposal, proposal, "time proposal")
+    if not (0 < t_min < t_max):
+        raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min!r}, t_max={t_max!r}")
+    if u.shape != c.shape:
+        raise ValueError(f"u {tuple(u.shape)} and c {tuple(c.shape)} must have the same shape")
+    span = t_max - t_min
+    t_uni = t_min + span * u
+    if prop is TimeProposal.UNIFORM:
+        return t_uni, torch.ones_like(u)
+    ud = u.double()
+    if prop is TimeProposal.LOG_MIXTURE:
+        log_ratio = math.log(t_max / t_min)
+        t_heavy = t_min * torch.exp(ud * log_ratio)
+        heavy_density = lambda tq: 1.0 / (tq * log_ratio)  # noqa: E731
+    else:
+        inv_span = 1.0 / t_min - 1.0 / t_max
+        t_heavy = 1.0 / (1.0 / t_min - ud * inv_span)
+        heavy_density = lambda tq: 1.0 / (tq * tq * inv_span)  # noqa: E731
+    tq = torch.where(c < 0.5, t_heavy, t_uni.double()).clamp(t_min, t_max)
+    q = 0.5 / span + 0.5 * heavy_density(tq)
+    return tq.to(u.dtype), ((1.0 / span) / q).to(u.dtype)
 
 
 class Omega(str, Enum):
@@ -210,7 +269,7 @@ def fp_penalty(
     evaluated outside [t_min, T]; Hutchinson K = 1 for div s). Cost: one VJP (whose forward is
     s(x, t)) and a double backward for grad_x L, 2 F for the stencil's other nodes (the offset-0
     node reuses s(x, t)), and the backward of all of it.
-    fd: <eps_hat, v>^2 from ``operators.projected_fp_residual`` (step h_x, default 1e-2; same
+    fd: <eps_hat, v>^2 from ``operators.projected_fp_residual`` (step h_x, default 3e-3; same
     stencil in t): E_v <eps, v>^2 = ||eps||^2, no derivative of the network, 6 rows per sample.
     ``method`` applies to autograd only.
     """
@@ -368,7 +427,9 @@ class PenaltyConfig:
         cost smaller by about the same factor.
     alpha, beta, omega, m: FP-Diffusion's R_FP (penalty FPD only).
     estimator: autograd (the papers' estimators) or fd (finite differences in x; see `Estimator`).
-    h_x: the fd estimators' step in x (default 1e-3 for DIV/JAC, 1e-2 for FP/FPD).
+    h_x: the fd estimators' step in x (default 1e-3 for DIV/JAC, 3e-3 for FP/FPD).
+    t_proposal: the distribution of t in the objective (`TimeProposal`; default uniform, the
+        papers'); the terms are reweighted so that they stay unbiased.
     """
 
     penalty: Penalty = Penalty.NONE
@@ -382,9 +443,11 @@ class PenaltyConfig:
     m: int = 1
     estimator: Estimator = Estimator.AUTOGRAD
     h_x: float | None = None
+    t_proposal: TimeProposal = TimeProposal.UNIFORM
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "penalty", parse_choice(Penalty, self.penalty, "penalty"))
+        object.__setattr__(self, "t_proposal", parse_choice(TimeProposal, self.t_proposal, "t_proposal"))
         object.__setattr__(self, "estimator", parse_choice(Estimator, self.estimator, "estimator"))
         if self.h_x is not None and not (
             isinstance(self.h_x, (int, float)) and not isinstance(self.h_x, bool)
@@ -450,6 +513,7 @@ def penalized_dsm(
     *,
     generator: torch.Generator | None = None,
     penalty_model: ScoreFn | None = None,
+    weights: Tensor | None = None,
 ) -> LossTerms:
     """L_DSM and lambda P on one batch with given times and noises, as per-sample terms.
 
@@ -461,6 +525,8 @@ def penalized_dsm(
     name ("fp", "sn", "jac", "div", "fpd") with weight lam. Cost: one forward for DSM, plus
     the penalty's (see each function); for JAC, DIV, FP and FPD (alpha > 0) the forward inside the penalty's
     operator supplies s on the penalised samples, so the DSM forward covers only the others.
+    weights: (B,) importance weights p(t) / q(t) of times drawn from a proposal q
+    (`draw_times`); every per-sample term is multiplied by its sample's weight.
     """
     mean, std = sde.marginal(x0, t)
     xt = mean + bcast(std, x0) * z
@@ -477,10 +543,12 @@ def penalized_dsm(
         s = s_pen if k == b else torch.cat([s_pen, model(xt[k:], t[k:])])
     else:
         s = model(xt, t)
-    terms = {"dsm": dsm_loss(s, z, std)}
-    weights = {"dsm": 1.0}
+    w_iw = None if weights is None else _wide(weights.detach())
+    dsm = dsm_loss(s, z, std)
+    terms = {"dsm": dsm if w_iw is None else w_iw * dsm}
+    lam_of = {"dsm": 1.0}
     if p is Penalty.NONE:
-        return LossTerms(terms, weights)
+        return LossTerms(terms, lam_of)
     if pen is None:
         net = penalty_model if penalty_model is not None else model
         if p is Penalty.SN:
@@ -500,6 +568,6 @@ def penalized_dsm(
                 t_min=cfg.t_min, generator=generator, probe=cfg.probe, estimator=cfg.estimator,
                 h_x=cfg.h_x,
             )
-    terms[p.value] = _wide(pen)
-    weights[p.value] = float(cfg.lam)
-    return LossTerms(terms, weights)
+    terms[p.value] = _wide(pen) if w_iw is None else w_iw[:k] * _wide(pen)
+    lam_of[p.value] = float(cfg.lam)
+    return LossTerms(terms, lam_of)
