@@ -39,6 +39,7 @@ LogProbFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
     "DivergenceMethod",
+    "FPResidualEstimator",
     "Probe",
     "ResidualMethod",
     "Stencil",
@@ -873,16 +874,105 @@ def _score_operator_residual(
     return s, lop, dts - grad_l
 
 
-def _residual_methods(
-    method: ResidualMethod | str, time_method: TimeMethod | str | None
-) -> tuple[DivergenceMethod, TimeMethod]:
+@dataclass(frozen=True)
+class FPResidualEstimator:
+    """One way of computing eps[s] = d_t s - grad_x L[s], with its settings, and what it promises.
+
+    Replaces the long keyword lists of `fp_residual` (still accepted, and equivalent): an
+    estimator is built once (`exact()`, `estimated(...)`) and called on many batches.
+    divergence/time: the methods of div_x s (exact or hutchinson) and of d_t s; n_probes/probe:
+    the Hutchinson probes; h, h_s, h_d: the stencil steps; chunk_size: basis vectors per pass of
+    the exact divergence.
+    """
+
+    divergence: DivergenceMethod = DivergenceMethod.EXACT
+    time: TimeMethod = TimeMethod.EXACT
+    n_probes: int = 1
+    probe: Probe = Probe.GAUSSIAN
+    h: float = 1e-3
+    h_s: float = 1e-3
+    h_d: float = 5e-4
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "divergence", parse_choice(DivergenceMethod, self.divergence, "divergence method"))
+        object.__setattr__(self, "time", parse_choice(TimeMethod, self.time, "time-derivative method"))
+        object.__setattr__(self, "probe", parse_choice(Probe, self.probe, "probe"))
+        if self.divergence is DivergenceMethod.HUTCHINSON_FD:
+            raise ValueError("the vector residual differentiates L by autograd: use 'exact' or 'hutchinson'"
+                             " (projected_fp_residual is the finite-difference estimator)")
+        _check_probes(self.n_probes)
+        for name in ("h", "h_s", "h_d"):
+            _check_step(name, getattr(self, name))
+
+    @classmethod
+    def exact(cls, chunk_size: int | None = None) -> FPResidualEstimator:
+        """Forward-mode d_t s, exact divergence: round-off error only; D VJPs per sample."""
+        return cls(chunk_size=chunk_size)
+
+    @classmethod
+    def estimated(
+        cls, n_probes: int = 1, probe: Probe | str = Probe.GAUSSIAN,
+        time: TimeMethod | str = TimeMethod.NONUNIFORM, h: float = 1e-3, h_s: float = 1e-3,
+        h_d: float = 5e-4,
+    ) -> FPResidualEstimator:
+        """FP-Diffusion's estimator: finite-difference d_t s, Hutchinson divergence."""
+        return cls(DivergenceMethod.HUTCHINSON, parse_choice(TimeMethod, time, "time-derivative method"),
+                   n_probes, parse_choice(Probe, probe, "probe"), h, h_s, h_d)
+
+    @property
+    def order(self) -> int | None:
+        """Truncation order of the d_t s stencil (error O(h^order)); None: round-off only."""
+        return None if self.time is TimeMethod.EXACT else 2
+
+    @property
+    def unbiased(self) -> bool:
+        """Whether E[eps_hat] = eps up to the stencil's truncation (always: grad_x L is linear in
+        the divergence estimate). ||eps_hat||^2 is biased up by tr Cov unless the divergence is exact."""
+        return True
+
+    @property
+    def variance(self) -> str:
+        """What the estimate's variance is, in words."""
+        if self.divergence is DivergenceMethod.EXACT:
+            return "zero (deterministic)"
+        return (f"Cov(eps_hat) = g^4/4 Cov(grad_x of the Hutchinson divergence) / {self.n_probes} "
+                f"({self.probe.value} probes)")
+
+    def score_operator_residual(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, t: Tensor | float, *,
+        generator: torch.Generator | None = None, t_min: float | None = None,
+        create_graph: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(s, L[s], eps[s]) as `score_operator_and_fp_residual` with these settings."""
+        tt = _check_inputs(x, t, 0.0 if t_min is None else t_min, sde.T)
+        s, lop, eps = _score_operator_residual(
+            score_fn, sde, x, tt, self.divergence, self.n_probes, self.probe, generator,
+            self.chunk_size, self.time, self.h, self.h_s, self.h_d, _t_low(tt, t_min),
+        )
+        return _finish(s, create_graph), _finish(lop, create_graph), _finish(eps, create_graph)
+
+    def residual(
+        self, score_fn: ScoreFn, sde: SDE, x: Tensor, t: Tensor | float, *,
+        generator: torch.Generator | None = None, t_min: float | None = None,
+        create_graph: bool = False,
+    ) -> Tensor:
+        """eps[s](x, t), shaped like x, as `fp_residual` with these settings."""
+        return self.score_operator_residual(score_fn, sde, x, t, generator=generator, t_min=t_min,
+                                            create_graph=create_graph)[2]
+
+
+def _residual_estimator(
+    method: ResidualMethod | str, time_method: TimeMethod | str | None, n_probes: int,
+    probe: Probe | str, h: float, h_s: float, h_d: float, chunk_size: int | None,
+) -> FPResidualEstimator:
     m = parse_choice(ResidualMethod, method, "residual method")
     if time_method is None:
         tm = TimeMethod.EXACT if m is ResidualMethod.EXACT else TimeMethod.NONUNIFORM
     else:
         tm = parse_choice(TimeMethod, time_method, "time-derivative method")
     dm = DivergenceMethod.EXACT if m is ResidualMethod.EXACT else DivergenceMethod.HUTCHINSON
-    return dm, tm
+    return FPResidualEstimator(dm, tm, n_probes, parse_choice(Probe, probe, "probe"), h, h_s, h_d, chunk_size)
 
 
 def fp_residual(
@@ -984,14 +1074,10 @@ def score_operator_and_fp_residual(
     operator L[s] (shape (B,)) that the residual differentiates, on the same divergence estimate
     (same probes). FP-Diffusion's regulariser needs both; this costs what `fp_residual` costs.
     """
-    tt = _check_inputs(x, t, 0.0 if t_min is None else t_min, sde.T)
-    dm, tm = _residual_methods(method, time_method)
-    _check_probes(n_probes)
-    s, lop, eps = _score_operator_residual(
-        score_fn, sde, x, tt, dm, n_probes, probe, generator, chunk_size, tm, h, h_s, h_d,
-        _t_low(tt, t_min),
-    )
-    return _finish(s, create_graph), _finish(lop, create_graph), _finish(eps, create_graph)
+    _check_inputs(x, t, 0.0 if t_min is None else t_min, sde.T)  # input errors before settings
+    est = _residual_estimator(method, time_method, n_probes, probe, h, h_s, h_d, chunk_size)
+    return est.score_operator_residual(score_fn, sde, x, t, generator=generator, t_min=t_min,
+                                       create_graph=create_graph)
 
 
 def fp_residual_phase_times(

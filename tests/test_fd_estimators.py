@@ -297,3 +297,23 @@ def test_default_t_min_never_evaluates_below_the_batch_for_an_eps_network():
     # The old behaviour, asked for explicitly, is what the default prevents.
     bad = op.fp_residual(eps_net, sde, x, t, method="estimated", generator=_gen(17), t_min=0.0)
     assert not bool(torch.isfinite(bad).all())
+
+
+def test_residual_estimator_object_equals_the_keyword_call_and_declares_its_order():
+    sde = VPSDE()
+    model = _mlp(seed=8)
+    g = _gen(18)
+    x = torch.randn(5, 3, generator=g, dtype=F64)
+    t = torch.rand(5, generator=g, dtype=F64) * 0.9 + 0.05
+    est = op.FPResidualEstimator.estimated(time="central", h=2e-3)
+    want = op.fp_residual(model, sde, x, t, method="estimated", time_method="central", h=2e-3,
+                          generator=_gen(19))
+    torch.testing.assert_close(est.residual(model, sde, x, t, generator=_gen(19)), want, rtol=0, atol=0)
+    assert est.order == 2 and op.FPResidualEstimator.exact().order is None
+    assert "zero" in op.FPResidualEstimator.exact().variance and "1" in est.variance
+    ex = op.FPResidualEstimator.exact().residual(model, sde, x, t)
+    torch.testing.assert_close(ex, op.fp_residual(model, sde, x, t), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="projected_fp_residual"):
+        op.FPResidualEstimator(divergence="hutchinson-fd")
+    with pytest.raises(ValueError, match="h_s must be positive"):
+        op.FPResidualEstimator.estimated(h_s=0.0)
