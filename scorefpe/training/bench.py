@@ -15,8 +15,8 @@ an estimator that evaluates r rows per sample is measured ("ratio to its own flo
 
 Memory: on CUDA the peak allocated memory of the step above what was allocated before it
 (torch.cuda.max_memory_allocated); on CPU the growth of the peak resident set during the step
-(VmHWM after minus VmRSS before, the peak reset through /proc/self/clear_refs; Linux only,
-None elsewhere); on every device the bytes autograd saves for the backward (distinct storages,
+(VmHWM after minus VmRSS before, freed heap returned with malloc_trim and the peak reset
+through /proc/self/clear_refs; Linux only, None elsewhere); on every device the bytes autograd saves for the backward (distinct storages,
 recorded with saved-tensor hooks): the activation memory, which is what a penalty adds.
 """
 
@@ -170,7 +170,15 @@ def _proc_status_kib(field: str) -> int | None:
 
 
 def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where that is impossible."""
+    """Return freed heap pages to the kernel (glibc malloc_trim: otherwise the memory that earlier
+    variants freed stays resident and a step that reuses it shows no growth), then reset the
+    kernel's peak-RSS mark (VmHWM) of this process; False where that is impossible."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
