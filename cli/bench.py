@@ -114,14 +114,19 @@ def penalties(
 @click.option("--device", type=str, default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch CPU threads (default: torch's current setting).")
+@click.option("--proposal", "proposals", multiple=True,
+              type=click.Choice(["log-mixture", "inverse-square-mixture"]),
+              default=("log-mixture", "inverse-square-mixture"), show_default=True,
+              help="Proposals of t to compare with uniform t (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Use real MNIST digits from here (default: uniform noise).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table as markdown (with machine and command) to this file.")
 def t_proposal(batch: int, draws: int, width: float, device: str, threads: int | None,
-               data_dir: Path | None, out: Path | None) -> None:
-    """Variance of the penalty gradient per second of compute, uniform t against the
-    importance-sampled log-mixture proposal, on the same batches, noises and probes."""
+               proposals: tuple[str, ...], data_dir: Path | None, out: Path | None) -> None:
+    """Variance of the penalty gradient per second of compute, uniform t against importance-
+    sampled proposals of t, for each penalty and estimator, on the same batches, noises and
+    probes (the DSM term's own gradient too: a proposal reweights it as well)."""
     import torch
 
     from cli._options import resolve_device_option
@@ -140,20 +145,21 @@ def t_proposal(batch: int, draws: int, width: float, device: str, threads: int |
             images, _ = mnist_tensor("train", data_dir=data_dir, n=max(batch, 8192))
         except (FileNotFoundError, ValueError) as err:
             raise click.BadParameter(f"{data_dir}: {err}", param_hint="--data-dir") from None
-    terms = [(Penalty.NONE, Estimator.AUTOGRAD), (Penalty.DIV, Estimator.FD),
-             (Penalty.JAC, Estimator.FD), (Penalty.FP, Estimator.AUTOGRAD), (Penalty.FP, Estimator.FD)]
+    terms = [(Penalty.NONE, Estimator.AUTOGRAD)] + [
+        (p, e) for p in (Penalty.DIV, Penalty.JAC, Penalty.FP) for e in (Estimator.AUTOGRAD, Estimator.FD)]
+    props = ("uniform", *dict.fromkeys(proposals))
     click.echo(f"machine: {machine_description(dev)}", err=True)
     from tqdm.auto import tqdm
 
-    with tqdm(total=(draws + 1) * 2 * len(terms), unit="eval", leave=False) as bar:
-        rows = gradient_variance(terms, batch=batch, draws=draws, width=width, device=str(dev),
-                                 images=images, on_step=lambda: bar.update(1))
+    with tqdm(total=(draws + 1) * len(props) * len(terms), unit="eval", leave=False) as bar:
+        rows = gradient_variance(terms, props, batch=batch, draws=draws, width=width,
+                                 device=str(dev), images=images, on_step=lambda: bar.update(1))
     table = format_variance_table(rows)
     click.echo(table)
     if out is not None:
         cmd = "scorefpe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         atomic_write_text(out, (
-            f"# Penalty gradient variance per second: uniform t vs log-mixture proposal\n\n"
+            f"# Penalty gradient variance per second: uniform t vs importance-sampled t\n\n"
             f"Command: `{cmd}`  \nMachine: {machine_description(dev)}  \n"
             f"Date: {datetime.date.today().isoformat()}  \n\n{table}\n"))
         click.echo(f"wrote {out}", err=True)

@@ -626,14 +626,17 @@ def gradient_variance(
 
 
 def format_variance_table(rows: list[VarianceRow]) -> str:
-    """Markdown: term, proposal, tr Cov of the gradient, s/evaluation, variance x seconds, and
-    the proposal's cost relative to uniform t for the same term."""
+    """Markdown: term, proposal, tr Cov of the gradient, s/evaluation, variance x seconds (the
+    compute for a given variance), relative to uniform t for the same term and to the autograd
+    estimator of the same penalty under uniform t."""
     uni = {r.term: r.cost for r in rows if r.proposal == "uniform"}
     lines = ["| term | t proposal | tr Cov(gradient) | s / evaluation | variance x seconds "
-             "| cost vs uniform |", "|---|---|---|---|---|---|"]
+             "| cost vs uniform t | cost vs autograd, uniform t |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         rel = uni.get(r.term)
         rel_s = "-" if rel is None or rel == 0 else f"{r.cost / rel:.3f}x"
+        ag = uni.get(r.term.removesuffix(" [fd]"))
+        ag_s = "-" if ag is None or ag == 0 else f"{r.cost / ag:.3f}x"
         lines.append(f"| {r.term} | {r.proposal} | {r.variance:.3e} | {r.seconds:.4f} "
-                     f"| {r.cost:.3e} | {rel_s} |")
+                     f"| {r.cost:.3e} | {rel_s} | {ag_s} |")
     return "\n".join(lines)
