@@ -129,7 +129,7 @@ def t_proposal(batch: int, draws: int, width: float, device: str, threads: int |
     probes (the DSM term's own gradient too: a proposal reweights it as well)."""
     import torch
 
-    from cli._options import resolve_device_option
+    from scorefpe.cli._options import resolve_device_option
     from scorefpe._util import atomic_write_text, machine_description
     from scorefpe.penalties import Estimator, Penalty
     from scorefpe.training.bench import format_variance_table, gradient_variance
