@@ -260,3 +260,31 @@ def test_checker_catches_duplicate_names_and_a_big_folder(tmp_path):
     root = _fake_tree(tmp_path, {"fake/lib/core.py": "x = 1\n" * 50})
     assert duplicate_names(root, "fake") == {"core": ["fake/core.py", "fake/lib/core.py"]}
     assert package_shares(root, "fake")["lib"] > 0.9
+
+
+# ---------------------------------------------------------------------------------------------
+# What the wheel installs (issue 18: it used to install a top-level package named `cli`)
+# ---------------------------------------------------------------------------------------------
+def test_the_wheel_installs_only_scorefpe_and_its_script_resolves():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["scorefpe*"]
+    target = project["project"]["scripts"]["scorefpe"]
+    module, _, attr = target.partition(":")
+    assert module in GRAPH and module.startswith("scorefpe.cli.")
+    assert not (ROOT / "cli").exists()
+    import importlib
+
+    assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_python_m_scorefpe_cli_runs_the_command():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "scorefpe.cli", "check", "--dataset", "nope"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2, r.stderr  # click's usage error, through __main__
+    assert "Usage: scorefpe check" in r.stderr and "'nope'" in r.stderr
