@@ -1,19 +1,9 @@
-"""`scorefpe check --model ...`: the score-FPE report of a user's own score model (issue 9).
+"""`scorefpe check --model ...`: the options of the score-FPE report of a user's own score model
+(issue 9) and their parsing; the run itself is `scorefpe.modelcheck.run.check_model_spec`.
 
-Folding into `scorefpe/cli/check.py` (which already has --sde and --seed)::
-
-    from scorefpe.cli.modelcheck import add_model_options, model_option_names, run_model_check
-
-    @click.command()
-    ...existing options...
-    @add_model_options(skip=("sde", "seed"))
-    def check(dataset, sde_name, seed, ..., **model_kw):
-        if model_kw["model"] is not None:
-            run_model_check(sde=sde_name, seed=seed, **model_kw)
-            return
-        ...the battery...
-
-`run_model_check` / `model_check_command` raise click.UsageError (exit 2) on bad input.
+`scorefpe/cli/check.py` adds these options to `check` with ``@add_model_options(skip=("sde",
+"seed"))`` and calls `run_model_check` when --model is given. `run_model_check` /
+`model_check_command` raise click.UsageError (exit 2) on bad input.
 """
 
 from __future__ import annotations
