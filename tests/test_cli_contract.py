@@ -188,6 +188,10 @@ CASES = [
     ("bench-md-under-file", "bench penalties --md {F}/t.md", "plain.txt", None),
     ("bench-device-unknown", "bench penalties --device tpu", "tpu", None),
     ("bench-data-dir-missing", "bench penalties --data-dir {N}", "new", None),
+    ("tprop-width-inf", "bench t-proposal --width inf", "inf", None),
+    ("tprop-draws-one", "bench t-proposal --draws 1", "--draws", None),
+    ("tprop-proposal-unknown", "bench t-proposal --proposal cauchy", "cauchy", None),
+    ("tprop-md-under-file", "bench t-proposal --md {F}/t.md", "plain.txt", None),
     # lenet
     ("lenet-lr-nan", "lenet train --lr nan --weights {N}.pt", "nan", None),
     ("lenet-epochs-zero", "lenet train --epochs 0 --weights {N}.pt", "--epochs", None),
