@@ -29,7 +29,7 @@ from scorefpe.modelcheck import (
     score_to_output,
     to_score_fn,
 )
-from scorefpe.sde import VESDE, VPSDE
+from scorefpe.sde import SubVPSDE, VESDE, VPSDE
 
 D64 = torch.float64
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -72,13 +72,23 @@ def g_x0(sde):
     return f
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def g_v(sde):
+    # v = a z - std x0 (Salimans & Ho 2022), so E[v | x] = a E[z | x] - std E[x0 | x]
+    def v(x, t):
+        a, std = sde.mean_coeff(t), sde.marginal_std(t)
+        return a[:, None] * g_eps(sde)(x, t) - std[:, None] * g_x0(sde)(x, t)
+    return v
+
+
+# subvp: a^2 + var != 1 and a != 1, so the general v formula is exercised beyond VP and VE.
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), SubVPSDE()], ids=["vp", "ve", "subvp"])
 def test_conversions_exact_on_gaussian(sde):
     gen = torch.Generator().manual_seed(1)
     x = 2 * torch.randn(64, 3, generator=gen, dtype=D64)
     t = 1e-3 + (1 - 1e-3) * torch.rand(64, generator=gen, dtype=D64)
     s = g_score(sde)(x, t)
-    for param, model in (("score", g_score(sde)), ("eps", g_eps(sde)), ("x0", g_x0(sde))):
+    for param, model in (("score", g_score(sde)), ("eps", g_eps(sde)), ("x0", g_x0(sde)),
+                         ("v", g_v(sde)), ("epsilon", g_eps(sde)), ("v_prediction", g_v(sde))):
         got = to_score_fn(model, sde, param)(x, t)
         torch.testing.assert_close(got, s, rtol=1e-9, atol=1e-9 * float(s.abs().max()))
         # the inverse map reproduces the independent closed-form model output
@@ -93,14 +103,31 @@ def test_conversion_is_not_identity():
     x = torch.randn(8, 3, dtype=D64)
     t = torch.full((8,), 0.3, dtype=D64)
     assert not torch.allclose(to_score_fn(g_eps(sde), sde, "score")(x, t), g_score(sde)(x, t))
+    # v read as eps (the VP identity eps = a v + std x dropped) is not the score either
+    assert not torch.allclose(to_score_fn(g_v(sde), sde, "eps")(x, t), g_score(sde)(x, t), rtol=1e-3)
+
+
+def test_v_conversion_vp_is_diffusers_identity():
+    # For VP a^2 + var = 1, so eps = a v + std x and x0 = a x - std v (diffusers' v_prediction).
+    sde = VPSDE()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 3, generator=gen, dtype=D64)
+    t = 0.05 + 0.9 * torch.rand(16, generator=gen, dtype=D64)
+    a, std = sde.mean_coeff(t)[:, None], sde.marginal_std(t)[:, None]
+    v = g_v(sde)(x, t)
+    torch.testing.assert_close(a * v + std * x, g_eps(sde)(x, t), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a * x - std * v, g_x0(sde)(x, t), rtol=1e-9, atol=1e-12)
 
 
 def test_parse_param_rejects_unknown():
     assert parse_param("EPS") is Param.EPS
-    with pytest.raises(ValueError, match="'v'.*'score', 'eps', 'x0'"):
-        parse_param("v")
-    with pytest.raises(ValueError, match="'V'.*'score', 'eps', 'x0'"):  # named as given
-        parse_param("V")
+    assert parse_param("V") is Param.V
+    assert parse_param("epsilon") is Param.EPS and parse_param("Epsilon") is Param.EPS
+    assert parse_param("sample") is Param.X0 and parse_param("v_prediction") is Param.V
+    with pytest.raises(ValueError, match="'velocity'.*'score', 'eps', 'x0', 'v'.*'epsilon'"):
+        parse_param("velocity")
+    with pytest.raises(ValueError, match="'Vel'.*'score', 'eps', 'x0', 'v'"):  # named as given
+        parse_param("Vel")
 
 
 # ---------------------------------------------------------------------------------------------
