@@ -289,6 +289,12 @@ def test_report_writers(tmp_path):
     assert len(lines) == 3 and lines[0].startswith("t,r_fp_mean")
     md = rep.to_markdown()
     assert "| t | r_FP" in md and "n_points: 5" in md
+    # renders as one table: the pipes of ||J||_F^2/D are escaped, every row has 1 + 9 cells
+    from test_docs_tables import gfm_cells, table_errors
+
+    assert "\\|\\|J\\|\\|_F^2/D" in md and table_errors(md) == []
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(rows) == 3 and {gfm_cells(ln) for ln in rows} == {1 + len(rep.quantities)}
     png = rep.plot(tmp_path / "r.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
