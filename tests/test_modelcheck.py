@@ -506,3 +506,53 @@ def test_time_method_option_rejects_unknown():
     with pytest.raises(ValueError, match="'backward_euler'"):
         check_model(g_score(sde), sde, _std_normal(3), t_grid=[0.5], n_points=2,
                     time_method="backward_euler")
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype: check_model's default is the CLI's --dtype auto (the model's parameter dtype).
+# ---------------------------------------------------------------------------------------------
+class _Float32EpsNet(torch.nn.Module):
+    """A small float32 eps-predicting network (untrained: only the dtype handling is tested)."""
+
+    def __init__(self, d: int = 2) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = torch.nn.Linear(d + 1, d)
+        with torch.no_grad():
+            self.lin.weight.copy_(0.3 * torch.randn(d, d + 1, generator=g))
+
+    def forward(self, x, t):
+        return torch.tanh(self.lin(torch.cat([x, t[:, None]], 1)))
+
+
+def _doc_block(doc: Path, heading: str) -> str:
+    text = doc.read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_docs_api_example_runs_on_a_float32_network(tmp_path, monkeypatch, capsys):
+    # The "Python API" block of docs/modelcheck.md, executed as written on a float32 eps-net.
+    code = _doc_block(Path(__file__).resolve().parents[1] / "docs" / "modelcheck.md", "## Python API")
+    monkeypatch.chdir(tmp_path)
+    ns = {"my_eps_net": _Float32EpsNet().float(),
+          "sample_x0": lambda n, g=None: torch.randn(n, 2, generator=g)}
+    exec(compile(code, "docs/modelcheck.md", "exec"), ns)
+    rep = ns["report"]
+    assert rep.meta["dtype"] == "float32" and rep.meta["dim"] == 2
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| t | r_FP" in capsys.readouterr().out
+
+
+def test_check_model_dtype_default_follows_the_model():
+    sde = VPSDE()
+    net = _Float32EpsNet()
+    kw = dict(t_grid=[0.5], n_points=2, generator=torch.Generator().manual_seed(0))
+    x0 = _std_normal(2)
+    for param in ("eps", "x0", "v", "score"):  # through every to_score_fn wrapper
+        assert check_model(to_score_fn(net, sde, param), sde, x0, **kw).meta["dtype"] == "float32"
+    assert check_model(g_score(sde), sde, _std_normal(3), **kw).meta["dtype"] == "float64"
+    assert check_model(to_score_fn(net.double(), sde, "eps"), sde, x0, **kw).meta["dtype"] == "float64"
+    # an explicit dtype still wins, and a mismatch is named
+    with pytest.raises(ValueError, match="parameters are torch.float32: evaluate in that dtype"):
+        check_model(to_score_fn(_Float32EpsNet(), sde, "eps"), sde, x0, dtype=torch.float64, **kw)

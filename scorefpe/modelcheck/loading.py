@@ -213,7 +213,11 @@ def load_model(spec: str, sde: SDE | None = None) -> LoadedModel:
 
 
 def model_dtype(model: Any, default: torch.dtype = torch.float64) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter, else ``default``."""
+    """The dtype of the model's first floating-point parameter, else ``default``.
+
+    Wrappers that set ``__wrapped__`` (`to_score_fn`, ``functools.wraps``) are looked through,
+    so ``model_dtype(to_score_fn(net, sde, "eps"))`` is the dtype of ``net``."""
+    model = inspect.unwrap(model) if callable(model) else model
     if isinstance(model, nn.Module):
         for p in model.parameters():
             if p.is_floating_point():
@@ -234,9 +238,12 @@ def probe_model(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
         with torch.no_grad():
             out = score_fn(x, t)
     except Exception as err:
+        own = model_dtype(score_fn, x.dtype)
+        hint = (f" (the model's parameters are {own}: evaluate in that dtype, --dtype auto / "
+                "dtype=None)") if own != x.dtype else ""
         raise ValueError(
             f"model call failed on a probe batch x of shape {tuple(x.shape)}, dtype {x.dtype}, "
-            f"t of shape {tuple(t.shape)}: {type(err).__name__}: {err}"
+            f"t of shape {tuple(t.shape)}: {type(err).__name__}: {err}{hint}"
         ) from err
     if not isinstance(out, Tensor):
         raise ValueError(f"model output must be a torch.Tensor, got {type(out).__name__}")
@@ -248,7 +255,8 @@ def probe_model(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     if out.dtype != x.dtype:
         raise ValueError(
             f"model output has wrong dtype {out.dtype}; expected the input's dtype {x.dtype} "
-            "(choose --dtype to match the model)"
+            "(evaluate in the model's dtype: --dtype auto or float32/float64; dtype=None or the "
+            "model's dtype in check_model)"
         )
     if out.device != x.device:
         raise ValueError(

@@ -96,6 +96,7 @@ def to_score_fn(model: ScoreFn, sde: SDE, param: Param | str) -> ScoreFn:
         def score_from_eps(x: Tensor, t: Tensor) -> Tensor:
             return -model(x, t) / bcast(sde.marginal_std(t), x)
 
+        score_from_eps.__wrapped__ = model  # type: ignore[attr-defined]  # model_dtype looks through
         return score_from_eps
 
     if p is Param.V:
@@ -106,6 +107,7 @@ def to_score_fn(model: ScoreFn, sde: SDE, param: Param | str) -> ScoreFn:
             std = var.sqrt()
             return -(a * model(x, t) + std * x) / (std * (a * a + var))
 
+        score_from_v.__wrapped__ = model  # type: ignore[attr-defined]  # model_dtype looks through
         return score_from_v
 
     def score_from_x0(x: Tensor, t: Tensor) -> Tensor:
@@ -113,6 +115,7 @@ def to_score_fn(model: ScoreFn, sde: SDE, param: Param | str) -> ScoreFn:
         v = bcast(sde.marginal_var(t), x)
         return (a * model(x, t) - x) / v
 
+    score_from_x0.__wrapped__ = model  # type: ignore[attr-defined]  # model_dtype looks through
     return score_from_x0
 
 
