@@ -552,7 +552,97 @@ def test_check_model_dtype_default_follows_the_model():
     for param in ("eps", "x0", "v", "score"):  # through every to_score_fn wrapper
         assert check_model(to_score_fn(net, sde, param), sde, x0, **kw).meta["dtype"] == "float32"
     assert check_model(g_score(sde), sde, _std_normal(3), **kw).meta["dtype"] == "float64"
+    # a module with buffers but no parameters: the buffers' dtype
+    assert check_model(_RotNet(dtype=torch.float32), sde, x0, **kw).meta["dtype"] == "float32"
     assert check_model(to_score_fn(net.double(), sde, "eps"), sde, x0, **kw).meta["dtype"] == "float64"
     # an explicit dtype still wins, and a mismatch is named
     with pytest.raises(ValueError, match="parameters are torch.float32: evaluate in that dtype"):
         check_model(to_score_fn(_Float32EpsNet(), sde, "eps"), sde, x0, dtype=torch.float64, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.export programs (.pt2), and files that are neither a program nor TorchScript.
+# ---------------------------------------------------------------------------------------------
+LAM = 0.5
+
+
+class _RotNet(torch.nn.Module):
+    """s = (1 + t) (-I + lam R) x: ||J - J^T||_F^2 / 2 = 4 lam^2 (1 + t)^2 exactly."""
+
+    def __init__(self, dtype=D64, out_dtype=None) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.tensor([[-1.0, -LAM], [LAM, -1.0]], dtype=dtype))
+        self.out_dtype = out_dtype
+
+    def forward(self, x, t):
+        s = (x @ self.a.T) * (1 + t[:, None])
+        return s if self.out_dtype is None else s.to(self.out_dtype)
+
+
+def _export(module, path, dynamic=True):
+    x = torch.randn(4, 2, dtype=module.a.dtype)
+    t = torch.rand(4, dtype=module.a.dtype)
+    b = torch.export.Dim("batch")
+    ds = {"x": {0: b}, "t": {0: b}} if dynamic else None
+    torch.export.save(torch.export.export(module.eval(), (x, t), dynamic_shapes=ds), str(path))
+    return path
+
+
+def test_exported_program_checks_like_the_module(tmp_path):
+    sde = VPSDE()
+    pt2 = _export(_RotNet(), tmp_path / "rot.pt2")
+    loaded = load_model(str(pt2))
+    kw = dict(t_grid=[0.1, 1.0], n_points=6, true_score_fn=None)
+    rep = check_model(loaded.model, sde, _std_normal(2), generator=torch.Generator().manual_seed(3), **kw)
+    ref = check_model(_RotNet(), sde, _std_normal(2), generator=torch.Generator().manual_seed(3), **kw)
+    for i, t in enumerate(rep.t):
+        assert rep.stats["asym"][i].mean == pytest.approx(4 * LAM**2 * (1 + t) ** 2, rel=1e-12)
+        for q in rep.quantities:  # same probe call, same points: the same numbers
+            assert rep.stats[q][i].mean == pytest.approx(ref.stats[q][i].mean, rel=1e-12, abs=1e-300)
+    # the same file under a .pt name, and in a run directory, is recognised by its contents
+    (tmp_path / "renamed.pt").write_bytes(pt2.read_bytes())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt2").write_bytes(pt2.read_bytes())
+    x, t = torch.randn(3, 2, dtype=D64), torch.rand(3, dtype=D64)
+    for spec in (tmp_path / "renamed.pt", run):
+        torch.testing.assert_close(load_model(str(spec)).model(x, t), _RotNet()(x, t))
+
+
+def test_cli_checks_an_exported_program(tmp_path):
+    pt2 = _export(_RotNet(), tmp_path / "rot.pt2")
+    out = tmp_path / "out"
+    res = _run(["--model", str(pt2), "--sde", "vp", "--data", "gmm2d", "--t-grid", "0.1:1:2",
+                "--n-points", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    js = json.loads((out / "report.json").read_text())
+    for row in js["rows"]:
+        assert row["asym"]["mean"] == pytest.approx(4 * LAM**2 * (1 + row["t"]) ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name,make,match",
+    [
+        ("m.pt2", lambda p: _export(_RotNet(), p, dynamic=False), "fixed batch size 4"),
+        ("m.pt2", lambda p: _export(_RotNet(out_dtype=torch.float32), p), "wrong dtype"),  # probe
+        ("m.pt", lambda p: torch.save(_RotNet().state_dict(), p), "holding a state_dict (1 entries: a)"),
+        ("m.pth", lambda p: torch.save({"model": _RotNet().state_dict(), "step": 3}, p),
+         "a checkpoint dict"),
+        ("m.pt", lambda p: torch.save(_RotNet(), p), "a pickled object"),
+        ("m.pt2", lambda p: p.write_bytes(b"not a zip archive"), "not a PyTorch archive"),
+    ],
+    ids=["static-batch", "wrong-dtype", "state-dict", "checkpoint", "pickled-module", "garbage"],
+)
+def test_cli_refuses_unusable_model_files(tmp_path, name, make, match):
+    f = tmp_path / name
+    make(f)
+    out = tmp_path / "out"
+    res = _run(["--model", str(f), "--data", "gmm2d", "--t-grid", "0.1:1:2", "--n-points", "4",
+                "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "Traceback" not in res.output
+    if match != "wrong dtype":  # a load error names the file; a probe error names the check
+        assert str(f) in res.output
+    if "state_dict" in match or "checkpoint" in match:
+        assert "file.py:factory" in res.output
+    assert not out.exists()
