@@ -49,11 +49,13 @@ __all__ = ["LoadedModel", "load_model", "load_run_dir", "probe_model", "model_dt
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A loaded model: the callable, where it came from, and an SDE if the source fixed one."""
+    """A loaded model: the callable, where it came from, an SDE if the source fixed one, and the
+    x0 source it was trained on (a ``--data`` value such as "mnist") where a run directory says."""
 
     model: ScoreFn
     source: str
     sde: SDE | None = None
+    data: str | None = None
 
 
 def _import_file(path: Path) -> Any:
@@ -123,8 +125,9 @@ def load_run_dir(run_dir: str | Path, sde: SDE | None = None) -> LoadedModel:
 
     Order: a directory with ``config.json`` (the `scorefpe train` format) goes to
     ``scorefpe.training.load_run(run_dir)`` (returning ``(model, sde, ...)`` or an object with
-    ``.model``/``.sde``); a directory with only ``model.pt`` loads that TorchScript module with the
-    caller's ``sde``.
+    ``.model``/``.sde``, optionally its config third / as ``.config``: an MNIST run's config sets
+    ``LoadedModel.data = "mnist"``); a directory with only ``model.pt2`` / ``model.pt`` loads that
+    program with the caller's ``sde``.
 
     Raises:
         ValueError: not a directory, or nothing loadable in it.
@@ -150,15 +153,26 @@ def load_run_dir(run_dir: str | Path, sde: SDE | None = None) -> LoadedModel:
             ) from err
         if isinstance(got, tuple):
             model, run_sde = got[0], got[1]
+            config = got[2] if len(got) > 2 else None
         else:
             model, run_sde = got.model, getattr(got, "sde", None)
-        return LoadedModel(_resolve(model, str(path), run_sde or sde), str(path), run_sde)
+            config = getattr(got, "config", None)
+        return LoadedModel(_resolve(model, str(path), run_sde or sde), str(path), run_sde,
+                           _run_data(config))
     if script.is_file():
         return LoadedModel(_load_program(script), str(path), None)
     raise ValueError(
         f"--model: run directory {str(path)!r} has no model.pt2 or model.pt and "
         "scorefpe.training.load_run is not available"
     )
+
+
+def _run_data(config: Any) -> str | None:
+    """The ``--data`` value of the data a run trained on, from its config.json ("task": "mnist"
+    -> "mnist"); None when the config does not say."""
+    if isinstance(config, dict) and config.get("task") == "mnist":
+        return "mnist"
+    return None
 
 
 _SAVE_HELP = (
