@@ -114,15 +114,10 @@ def test_check_run_dir_trained(tmp_path):
 def test_check_run_dir_takes_the_data_from_an_mnist_run(tmp_path, monkeypatch):
     # No --data: an MNIST run is checked on MNIST test digits (a small real-format IDX test split
     # in the cache), not on the 2-D gmm2d the example used to default to.
-    from scorefpe.data.idx import write_idx
+    from problems import write_mnist_test_idx
 
     run = _smoke_run_dir(tmp_path)
-    cache = tmp_path / "cache"
-    (cache / "mnist").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    write_idx(cache / "mnist" / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
-    write_idx(cache / "mnist" / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, (8,), dtype=np.uint8))
-    monkeypatch.setenv("SCOREFPE_CACHE", str(cache))
+    monkeypatch.setenv("SCOREFPE_CACHE", str(write_mnist_test_idx(tmp_path / "cache")))
     mod = _load("check_run_dir")
     rep = mod.main(str(run), n_points=2, t_grid="0.5:1:2", echo=lambda s: None)
     assert rep.meta["x0_source"] == "mnist" and rep.meta["dim"] == 784

@@ -286,14 +286,9 @@ def test_cli_report_without_evals_exit_2(tmp_path):
 
 def test_cli_diagnose(run_dir, tmp_path, monkeypatch):
     # A cache holding a small real-format IDX test split, so the test runs on any machine.
-    from scorefpe.data.idx import write_idx
+    from problems import write_mnist_test_idx
 
-    cache = tmp_path / "cache"
-    (cache / "mnist").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    write_idx(cache / "mnist" / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (8, 28, 28), dtype=np.uint8))
-    write_idx(cache / "mnist" / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, (8,), dtype=np.uint8))
-    monkeypatch.setenv("SCOREFPE_CACHE", str(cache))
+    monkeypatch.setenv("SCOREFPE_CACHE", str(write_mnist_test_idx(tmp_path / "cache")))
     out = tmp_path / "d.png"
     r = CliRunner().invoke(main, ["diagnose", str(run_dir), "--out", str(out), "--points", "2",
                                   "--n-t", "2"])
