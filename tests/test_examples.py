@@ -123,3 +123,20 @@ def test_check_run_dir_takes_the_data_from_an_mnist_run(tmp_path, monkeypatch):
     assert rep.meta["x0_source"] == "mnist" and rep.meta["dim"] == 784
     assert rep.meta["dtype"] == "float32"
     assert all(np.isfinite(s.mean) for s in rep.stats["dsm"])
+
+
+def test_count_evaluations_rows_follow_from_the_methods():
+    # Rows per sample derived from each method (B = 8, D = 4, K = 1): exact traces replicate the
+    # batch D times; Hutchinson K times (2K for the curl's two probes); d_t s exact is one JVP,
+    # central 2 nodes, nonuniform 3; the estimated residual's VJP pass yields s(x, t), reused for
+    # the stencil's offset-0 node: K + 2 rows, not K + 3.
+    b, d = 8, 4
+    got = _load("count_evaluations").counts(b, d)
+    want_rows = {
+        "divergence exact": d, "divergence hutchinson K=1": 1,
+        "jacobian_frobenius_sq hutchinson K=1": 1, "jacobian_asymmetry_sq hutchinson K=1": 2,
+        "time_derivative exact": 1, "time_derivative central": 2, "time_derivative nonuniform": 3,
+        "fp_operator exact": d, "fp_residual exact": d + 1, "fp_residual estimated K=1": 1 + 2,
+    }
+    assert {k: rows / b for k, (_, rows) in got.items()} == want_rows
+    assert got["fp_residual exact"][0] == 2 and got["fp_residual estimated K=1"][0] == 2
