@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from scorefpe.cli.main import main
 
 
 @pytest.mark.parametrize("sde", ["vp", "ve"])

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scorefpe.evaluation.experiment import (
+from scorefpe.experiments.table1 import (
     EXPERIMENT_JSON,
     LOSSES,
     TRAIN_MARKER,
@@ -95,7 +95,7 @@ def _cfg(**kw) -> Table1Config:
 
 @pytest.fixture(scope="module")
 def data():
-    from scorefpe.evaluation.lenet import LeNet
+    from scorefpe.metrics.lenet import LeNet
 
     g = torch.Generator().manual_seed(0)
     return {"images": torch.rand(16, 1, 28, 28, generator=g),
@@ -219,7 +219,7 @@ def test_library_bad_input(tmp_path):
     ],
 )
 def test_cli_bad_input_exit_2(tmp_path, args, needle):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     out = tmp_path / "exp"
     res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(out), *args])
@@ -229,7 +229,7 @@ def test_cli_bad_input_exit_2(tmp_path, args, needle):
 
 
 def test_cli_out_not_an_experiment_dir(tmp_path):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     (tmp_path / "notes.txt").write_text("mine")
     res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(tmp_path)])
@@ -239,7 +239,7 @@ def test_cli_out_not_an_experiment_dir(tmp_path):
 
 
 def test_cli_out_is_a_file(tmp_path):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     f = tmp_path / "table.txt"
     f.write_text("mine")

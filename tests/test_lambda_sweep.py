@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from scorefpe.evaluation.experiment import TRAIN_MARKER
-from scorefpe.evaluation.lambda_sweep import (
+from scorefpe.experiments.table1 import TRAIN_MARKER
+from scorefpe.experiments.lambda_sweep import (
     DIAG_JSON,
     RESULT_JSON,
     RESULT_MD,
@@ -179,7 +179,7 @@ def test_check_sweep_dir(tmp_path):
     (["--n-t", "1"], "n-t"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, args, msg):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     out = tmp_path / "sweep"
     res = CliRunner().invoke(main, ["experiment", "lambda-sweep", "--out", str(out), *args])
@@ -189,7 +189,7 @@ def test_cli_bad_input_exits_2(tmp_path, args, msg):
 
 
 def test_cli_refuses_foreign_directory(tmp_path):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     (tmp_path / "x.txt").write_text("data")
     res = CliRunner().invoke(main, ["experiment", "lambda-sweep", "--out", str(tmp_path)])

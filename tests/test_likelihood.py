@@ -9,13 +9,13 @@ import torch
 
 from problems import linear_field
 from scorefpe.data.mixtures import GaussianMixture
-from scorefpe.evaluation.conservativity import (
+from scorefpe.metrics.conservativity import (
     curl_mse_curve,
     curl_sq,
     time_average,
     uniform_t_grid,
 )
-from scorefpe.evaluation.likelihood import log_likelihood, probability_flow_likelihood
+from scorefpe.sampling.likelihood import log_likelihood, probability_flow_likelihood
 from scorefpe.residuals import Curve
 from scorefpe.sde import VESDE, VPSDE
 

@@ -189,7 +189,7 @@ def fake_mnist(monkeypatch):
 
 
 def _cli(args):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     return CliRunner().invoke(main, ["maps", *args])
 

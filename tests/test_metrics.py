@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorefpe.evaluation import metrics
-from scorefpe.evaluation.lenet import (
+from scorefpe.metrics import sample_quality as metrics
+from scorefpe.metrics.lenet import (
     ChecksumError,
     LeNet,
     LeNetTrainConfig,
@@ -26,11 +26,10 @@ from scorefpe.evaluation.lenet import (
     lenet_probs,
     lenet_train_record,
     load_lenet,
-    real_data_floor,
     save_lenet,
     train_lenet,
 )
-from scorefpe.evaluation.metrics import (
+from scorefpe.metrics.sample_quality import (
     ClassDistribution,
     EntropyUnit,
     GaussianStats,
@@ -41,6 +40,7 @@ from scorefpe.evaluation.metrics import (
     frechet_distance,
     frechet_distance_from_stats,
     gaussian_stats,
+    real_data_floor,
     shannon_entropy,
     trace_sqrt_product,
 )
@@ -447,8 +447,8 @@ def _toy_split(split, data_dir):
 
 
 def test_cli_train_and_eval(monkeypatch, tmp_path):
-    from cli import lenet as cli_lenet
-    from cli.main import main
+    from scorefpe.cli import lenet as cli_lenet
+    from scorefpe.cli.main import main
 
     monkeypatch.setattr(cli_lenet, "_load_split", _toy_split)
     out = tmp_path / "m.pt"
@@ -475,7 +475,7 @@ def test_cli_train_and_eval(monkeypatch, tmp_path):
 
 
 def test_cli_bad_input(tmp_path):
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     runner = CliRunner()
     res = runner.invoke(main, ["lenet", "train", "--epochs", "0"])
@@ -503,7 +503,7 @@ def test_real_data_floor_of_identical_sets():
 
 def test_lenet_train_record():
     from scorefpe._util import cpu_name
-    from scorefpe.evaluation.lenet import LeNetTrainResult, weights_sha256
+    from scorefpe.metrics.lenet import LeNetTrainResult, weights_sha256
 
     model = LeNet(seed=2)
     hist = [{"epoch": 1, "loss": 1.0, "train_accuracy": 0.5, "seconds": 1.0, "eval_accuracy": 0.75}]

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from cli.main import main
+from scorefpe.cli.main import main
 from scorefpe.data import mnist as M
 from scorefpe.data.idx import (DataError, DataNotFoundError, idx_bytes, parse_idx, read_idx,
                                write_idx)

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli.main import main
-from cli.modelcheck import add_model_options, model_option_names, run_model_check
+from scorefpe.cli.main import main
+from scorefpe.cli.modelcheck import add_model_options, model_option_names, run_model_check
 from scorefpe.modelcheck import (
     ModelReport,
     Param,

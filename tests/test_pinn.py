@@ -10,27 +10,29 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from scorefpe.cli.main import main
 from scorefpe.data.synthetic import get_dataset
 from scorefpe.models.mlp import MLPConfig
-from scorefpe.pinn import (
-    CauchyConfig,
+from scorefpe.experiments.cauchy import (
     CauchyEvalConfig,
-    PreconditionedScore,
     ResumeMismatchError,
-    TrainState,
     baseline_config,
     build_model,
+    run_cauchy,
+    train_run,
+)
+from scorefpe.pinn import (
+    CauchyConfig,
+    PreconditionedScore,
+    TrainState,
     cauchy_loss,
     data_scale,
     evals_per_step,
     local_scale,
     make_loss,
     mode_weights,
-    run_cauchy,
     sliced_wasserstein,
     train,
-    train_run,
 )
 from scorefpe.sde import make_sde
 
@@ -484,7 +486,7 @@ def test_cli_resume_from_a_corrupt_checkpoint_exits_2(tmp_path):
             "--density-grid", "0", "--out", str(out)]
     from click.testing import CliRunner
 
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     first = CliRunner().invoke(main, args + ["--stop-after", "1"])
     assert first.exit_code == 0, first.output

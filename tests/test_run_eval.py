@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from scorefpe.cli.main import main
 from scorefpe.evaluation import run_eval as re_
 from scorefpe.evaluation.diagnostics import jacobian_frobenius_curve, plot_diagnostics, run_diagnostics
 from scorefpe.sde import VPSDE, bcast
@@ -59,7 +59,7 @@ def test_dequantize_stays_in_its_cell():
 def test_nll_of_a_known_gaussian():
     """Score of q_t for x0 ~ N(m, c I): the flow density at t_min is N(a m, a^2 c + v); bits/dim
     must match its closed form on the same dequantized points up to the Hutchinson noise."""
-    pytest.importorskip("scorefpe.evaluation.likelihood")
+    pytest.importorskip("scorefpe.sampling.likelihood")
     sde = VPSDE()
     m, c, t_min, d, b, probes = 0.5, 0.04, 1e-3, 4, 256, 16
 
@@ -167,7 +167,7 @@ def test_jacobian_curve_of_a_linear_score():
 
 
 def test_run_diagnostics_on_a_smoke_model(run_dir, tmp_path):
-    from scorefpe.training.mnist import load_run
+    from scorefpe.training.mnist_unet import load_run
 
     model, sde, _ = load_run(run_dir)
     curves = run_diagnostics(model, sde, _fake_reference(8), n_points=3, n_t=2,
@@ -186,7 +186,7 @@ def test_run_diagnostics_on_a_smoke_model(run_dir, tmp_path):
 def test_evaluate_run_and_report(run_dir, tmp_path):
     import shutil
 
-    from scorefpe.evaluation.lenet import LeNet
+    from scorefpe.metrics.lenet import LeNet
 
     rd = tmp_path / "runs" / "r1"
     shutil.copytree(run_dir, rd)
@@ -250,8 +250,8 @@ def test_cli_missing_or_bad_run_dir_exit_2(tmp_path, cmd):
 
 
 def test_cli_sampler_choices_match_the_registry():
-    from cli.evaluate import SAMPLERS as CLI_SAMPLERS
-    from scorefpe.evaluation.samplers import SAMPLERS
+    from scorefpe.cli.evaluate import SAMPLERS as CLI_SAMPLERS
+    from scorefpe.sampling.samplers import SAMPLERS
 
     assert sorted(CLI_SAMPLERS) == sorted(SAMPLERS)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from scorefpe.evaluation.samplers import (
+from scorefpe.sampling.samplers import (
     ODE_METHODS,
     Predictor,
     SampleResult,

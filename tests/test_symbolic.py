@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.main import main
-from scorefpe import symbolic as S
+from scorefpe.cli.main import main
+from scorefpe.symbolic import derivation as S
 from scorefpe.operators import fp_residual
 from scorefpe.sde import SubVPSDE, VESDE, VPSDE
-from scorefpe.validation import symbolic as V
+from scorefpe.validation import symbolic_checks as V
 
 R = sp.Rational
 CLOSED_FORM_TOL = 1e-12  # mpmath at 50 digits: a true zero evaluates to ~1e-45 or below

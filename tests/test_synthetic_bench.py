@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
-from scorefpe.benchmarks.report import compute_seconds, format_table, plot_curves, table_markdown
-from scorefpe.benchmarks.synthetic import (
+from scorefpe.cli.main import main
+from scorefpe.experiments.synthetic_report import compute_seconds, format_table, plot_curves, table_markdown
+from scorefpe.experiments.synthetic_bench import (
     BenchmarkConfig,
     EvalConfig,
     SyntheticRunConfig,
@@ -45,7 +45,7 @@ def test_training_a_few_steps_writes_a_loadable_run(tmp_path, penalty):
     model, cfg2 = load_synthetic_run(tmp_path / "run", ema=False)
     assert cfg2 == cfg
     # Training moved the weights away from the seed's initialisation.
-    from scorefpe.benchmarks.synthetic import build_model
+    from scorefpe.experiments.synthetic_bench import build_model
 
     init, _, _ = build_model(cfg)
     diff = sum(float((a - b).detach().abs().sum()) for a, b in zip(model.parameters(), init.parameters()))

@@ -333,7 +333,7 @@ def test_presets_and_bad_settings():
 def test_cli_train_bad_input_exits_2(tmp_path, args, needle):
     from click.testing import CliRunner
 
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["train", "mnist", "--out", str(out), *args])
@@ -345,7 +345,7 @@ def test_cli_train_bad_input_exits_2(tmp_path, args, needle):
 def test_cli_train_missing_data_exits_2(tmp_path):
     from click.testing import CliRunner
 
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -363,7 +363,7 @@ def test_cli_train_runs_and_resumes_on_given_data(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     import scorefpe.data.mnist as mnist_mod
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     monkeypatch.setattr(mnist_mod, "mnist_tensor", lambda split, data_dir=None, n=None: (IMAGES, None))
     out = tmp_path / "run"
@@ -382,7 +382,7 @@ def test_cli_train_runs_and_resumes_on_given_data(tmp_path, monkeypatch):
 def test_cli_bench_penalties_tiny(tmp_path):
     from click.testing import CliRunner
 
-    from cli.main import main
+    from scorefpe.cli.main import main
 
     md = tmp_path / "bench.md"
     res = CliRunner().invoke(main, ["bench", "penalties", "--batch", "4", "--repeats", "1",

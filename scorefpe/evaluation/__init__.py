@@ -1,1 +1,2 @@
-"""Evaluation: samplers of the reverse process, the LeNet feature extractor, sample metrics."""
+"""Evaluation of trained MNIST run directories: samples and the metrics table (`run_eval`),
+noise-level diagnostics (`diagnostics`), score and divergence maps (`maps`)."""

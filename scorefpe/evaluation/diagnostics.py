@@ -173,7 +173,7 @@ def diagnostics_for_runs(
     Raises:
         FileNotFoundError / ValueError: a run that cannot be loaded, and those of run_diagnostics.
     """
-    from scorefpe.training.mnist import load_run
+    from scorefpe.training.mnist_unet import load_run
 
     out: dict[str, DiagnosticCurves] = {}
     seed = kwargs.pop("seed", 0)

@@ -425,7 +425,7 @@ def maps_for_runs(
         ValueError: run directories with equal names, and what load_run / compute_maps raise.
         FileNotFoundError: a run without config.json / checkpoint.
     """
-    from scorefpe.training.mnist import load_run
+    from scorefpe.training.mnist_unet import load_run
 
     names = run_labels(run_dirs)
     say = echo if echo is not None else (lambda _m: None)

@@ -9,7 +9,7 @@ metrics.jsonl). This module turns it into
 - an `EvalResult`: FID on the 84-d LeNet features against the 10,000 MNIST test images,
   Density and Coverage (Naeem et al. 2020, k = 5) on the same features, Shannon entropy of the
   LeNet class histogram, NLL in bits/dim on a few test images by the probability-flow ODE
-  (when `scorefpe.evaluation.likelihood` is present), and time per epoch from metrics.jsonl.
+  (when `scorefpe.sampling.likelihood` is present), and time per epoch from metrics.jsonl.
 
 Bits/dim with uniform dequantization. Pixels are k/255, k in {0..255}, and the model's density p
 lives on [0, 1]-scaled images. Dequantized points y = (k + u)/256, u ~ U[0, 1)^D, fill the D-cube
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from scorefpe._util import atomic_output, atomic_write_text, machine_description
-from scorefpe.evaluation.samplers import get_sampler
+from scorefpe.sampling.samplers import get_sampler
 
 Tensor = torch.Tensor
 
@@ -120,7 +120,7 @@ def sample_run(
     Raises:
         FileNotFoundError / ValueError: no run dir, not a loadable MNIST run.
     """
-    from scorefpe.training.mnist import load_run
+    from scorefpe.training.mnist_unet import load_run
 
     run_dir = _check_run_dir(run_dir)
     model, sde, _ = load_run(run_dir)
@@ -259,10 +259,10 @@ def nll_bits_per_dim(
     standard error over the B images (dequantization and probe noise included).
 
     Raises:
-        ImportError: `scorefpe.evaluation.likelihood` is not available.
+        ImportError: `scorefpe.sampling.likelihood` is not available.
         RuntimeError: the ODE solver failed.
     """
-    from scorefpe.evaluation.likelihood import probability_flow_likelihood
+    from scorefpe.sampling.likelihood import probability_flow_likelihood
 
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     y = dequantize(images.float(), g)
@@ -360,13 +360,13 @@ def evaluate_run(
         FileNotFoundError: no run dir, no LeNet weights, no MNIST test set.
         ValueError: a run that cannot be loaded.
     """
-    from scorefpe.evaluation.lenet import lenet_features, lenet_probs, load_lenet
-    from scorefpe.evaluation.metrics import (
+    from scorefpe.metrics.lenet import lenet_features, lenet_probs, load_lenet
+    from scorefpe.metrics.sample_quality import (
         class_entropy,
         density_coverage,
         frechet_distance,
     )
-    from scorefpe.training.mnist import load_run
+    from scorefpe.training.mnist_unet import load_run
 
     say = echo if echo is not None else (lambda _m: None)
     t_start = time.perf_counter()
@@ -395,7 +395,7 @@ def evaluate_run(
         note = "skipped (nll_n = 0)"
     else:
         try:
-            importlib.import_module("scorefpe.evaluation.likelihood")
+            importlib.import_module("scorefpe.sampling.likelihood")
         except ImportError as e:
             note = f"likelihood module unavailable: {e}"
         else:

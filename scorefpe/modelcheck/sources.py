@@ -100,7 +100,7 @@ def model_sampler(
     progress: bool = False,
 ) -> Callable[[int, "torch.Generator | None"], Tensor]:
     """x0 from the model's own samples: ``n_pool`` probability-flow ODE samples (T -> t_min,
-    `scorefpe.evaluation.samplers.probability_flow_ode`), drawn once, then resampled.
+    `scorefpe.sampling.samplers.probability_flow_ode`), drawn once, then resampled.
 
     shape: per-sample shape (without the batch axis). Cost: the ODE solve, about 6 F per
     accepted RK45 step on the pool.
@@ -108,7 +108,7 @@ def model_sampler(
     Raises:
         ValueError / RuntimeError: from the ODE sampler (bad shape, solver failure).
     """
-    from scorefpe.evaluation.samplers import probability_flow_ode
+    from scorefpe.sampling.samplers import probability_flow_ode
 
     res = probability_flow_ode(
         score_fn, sde, (n_pool, *shape), t_min=t_min, rtol=rtol, atol=atol,

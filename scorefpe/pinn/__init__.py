@@ -2,7 +2,8 @@
 
 Learn s~(x, t) on [t_min, T] from the vector score FPE d_t s = grad_x L[s] and the initial
 condition s~(., t_min) = s(., t_min) alone (no denoising score matching), and measure it against
-closed-form scores; `run_cauchy` runs one experiment end to end (the `scorefpe cauchy` command).
+closed-form scores. One experiment end to end (the `scorefpe cauchy` command) is
+`scorefpe.experiments.cauchy.run_cauchy`.
 See `docs/results/cauchy.md`.
 """
 
@@ -30,37 +31,18 @@ from scorefpe.pinn.evaluate import (
     score_error_curve,
     sliced_wasserstein,
 )
-from scorefpe.pinn.run import (
-    CauchyEvalConfig,
-    CauchyResult,
-    ResumeMismatchError,
-    TrainRun,
-    baseline_config,
-    build_model,
-    plot_density,
-    plot_samples,
-    plot_score_error,
-    run_cauchy,
-    train_run,
-)
 
 __all__ = [
     "CauchyConfig",
-    "CauchyEvalConfig",
-    "CauchyResult",
     "Collocation",
     "EvalResult",
     "InitCondition",
     "Objective",
     "PreconditionedScore",
     "Preconditioning",
-    "ResumeMismatchError",
-    "TrainRun",
     "TrainState",
     "TimeSampling",
     "Weighting",
-    "baseline_config",
-    "build_model",
     "cauchy_loss",
     "data_scale",
     "density_grid",
@@ -70,12 +52,7 @@ __all__ = [
     "local_scale",
     "make_loss",
     "mode_weights",
-    "plot_density",
-    "plot_samples",
-    "plot_score_error",
-    "run_cauchy",
     "score_error_curve",
     "sliced_wasserstein",
     "train",
-    "train_run",
 ]

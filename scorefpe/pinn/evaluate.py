@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch
 
-from scorefpe.evaluation.samplers import euler_maruyama, probability_flow_ode
+from scorefpe.sampling.samplers import euler_maruyama, probability_flow_ode
 from scorefpe.residuals import fp_residual_curve
 from scorefpe.sde import SDE
 
@@ -114,7 +114,7 @@ def evaluate_model(
     mode weights (nearest mean, for Gaussian mixtures) and the sliced Wasserstein distance to
     as many true samples, with the same distance between two true sample sets as the noise
     floor. With n_density > 0, the model's probability-flow log-density at n_density true
-    samples vs the exact log q_{t_min} (scorefpe.evaluation.likelihood). Returns (numbers, {sampler name: samples}).
+    samples vs the exact log q_{t_min} (scorefpe.sampling.likelihood). Returns (numbers, {sampler name: samples}).
 
     Cost: dominated by em_steps score evaluations on n_samples and the residual curve.
     """
@@ -186,7 +186,7 @@ def _density(score_fn: ScoreFn, sde: SDE, dataset: Any, t_min: float, n: int, g:
              dtype: torch.dtype) -> dict[str, Any]:
     """log p_{t_min} of the model (probability-flow ODE, exact divergence) at n true samples vs
     the exact log q_{t_min}: mean of each (NLL = -mean) and mean |difference|."""
-    from scorefpe.evaluation.likelihood import probability_flow_likelihood
+    from scorefpe.sampling.likelihood import probability_flow_likelihood
 
     x = dataset.sample(n, g)
     t = torch.full((n,), t_min, dtype=torch.float64)

@@ -19,7 +19,7 @@ from scorefpe.training.data import BatchSource, SampledBatches, TensorBatches
 from scorefpe.training.distributed import DistInfo, init_from_env
 from scorefpe.training.ema import EMA
 from scorefpe.training.loop import NonFiniteLossError, TrainResult, train
-from scorefpe.training.mnist import PRESETS, MNISTRun, build_model, load_run, mnist_run, train_mnist
+from scorefpe.training.mnist_unet import PRESETS, MNISTRun, build_model, load_run, mnist_run, train_mnist
 from scorefpe.training.objective import dsm_objective
 from scorefpe.training.randomness import StepContext, derive_seed
 

@@ -368,7 +368,7 @@ def run_battery(
     hutchinson_checks(ds, sde, t_min, g, out)
     if symbolic:
         try:
-            from scorefpe.validation.symbolic import run_symbolic_checks
+            from scorefpe.validation.symbolic_checks import run_symbolic_checks
         except ImportError:  # the symbolic module is optional at this stage of the project
             run_symbolic_checks = None
         if run_symbolic_checks is not None:

@@ -15,7 +15,7 @@ import click
 @click.option("--latex", is_flag=True, help="Print a LaTeX align* block instead of plain text.")
 def derive(sde_name: str, dim: int, latex: bool) -> None:
     """Derive L[s] and the score FPE d_t s = grad_x L[s] from the Fokker-Planck equation."""
-    from scorefpe.symbolic import MAX_DIM, derive as derive_fpe, render_derivation
+    from scorefpe.symbolic.derivation import MAX_DIM, derive as derive_fpe, render_derivation
 
     if not 1 <= dim <= MAX_DIM:
         raise click.BadParameter(f"{dim} is not in 1..{MAX_DIM}", param_hint="--dim")

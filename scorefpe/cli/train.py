@@ -75,7 +75,7 @@ def mnist(
     """
     from scorefpe.training import distributed as dd
     from scorefpe.training.loop import NonFiniteLossError
-    from scorefpe.training.mnist import mnist_run, train_mnist
+    from scorefpe.training.mnist_unet import mnist_run, train_mnist
 
     try:
         run = mnist_run(preset, penalty=penalty, lam=lam if penalty != "none" else 0.0, sde=sde,

@@ -446,7 +446,7 @@ def run_table1(
 
             reference, _ = mnist_tensor("test", data_dir=data_dir, n=cfg.spec.n_reference)
         if lenet is None:
-            from scorefpe.evaluation.lenet import load_lenet
+            from scorefpe.metrics.lenet import load_lenet
 
             lenet = load_lenet()
         say(f"{tag}: evaluating")

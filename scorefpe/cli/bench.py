@@ -38,7 +38,7 @@ def penalties(
     DSM + each penalty, as ratios to plain DSM, on one batch in this process."""
     import torch
 
-    from cli._options import resolve_device_option
+    from scorefpe.cli._options import resolve_device_option
     from scorefpe._util import atomic_write_text, machine_description
     from scorefpe.training.bench import bench_penalties, default_variants, format_table
 

@@ -48,7 +48,7 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
     """Train LeNet on the MNIST training set, report test accuracy, save weights + checksum."""
     import torch
 
-    from scorefpe.evaluation.lenet import (
+    from scorefpe.metrics.lenet import (
         LeNetTrainConfig,
         default_lenet_path,
         file_sha256,
@@ -105,13 +105,13 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
                    "images against the test set (the real-data floor of the sample metrics); 0 skips.")
 def evaluate(model_path: str | None, data_dir: str | None, floor_n: int) -> None:
     """Verify a saved LeNet's checksum; report its MNIST test accuracy and real-data metric floor."""
-    from scorefpe.evaluation.lenet import (
+    from scorefpe.metrics.lenet import (
         default_lenet_path,
         lenet_accuracy,
         load_lenet,
-        real_data_floor,
         weights_sha256,
     )
+    from scorefpe.metrics.sample_quality import real_data_floor
 
     path = Path(model_path) if model_path is not None else default_lenet_path()
     try:

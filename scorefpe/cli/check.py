@@ -1,5 +1,5 @@
 """`scorefpe check`: the validation battery on a closed-form data set, or with --model the
-score-FPE report of a user's own score model (cli/modelcheck.py)."""
+score-FPE report of a user's own score model (scorefpe/cli/modelcheck.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from cli.modelcheck import add_model_options, run_model_check, sde_from_options
+from scorefpe.cli.modelcheck import add_model_options, run_model_check, sde_from_options
 
 # Model options that also define the battery's SDE; every other model option needs --model.
 SDE_PARAMS = ("beta_min", "beta_max", "sigma_min", "sigma_max")
@@ -53,7 +53,7 @@ def check(ctx: click.Context, dataset: str, sde_name: str, t_min: float, seed: i
         raise click.UsageError(f"{', '.join(given)} {verb} only to a model check: add --model SPEC")
     from scorefpe.validation.battery import run_battery
     from scorefpe._util import atomic_write_text
-    from scorefpe.validation.report import format_table, plot_battery, to_json
+    from scorefpe.validation.battery_report import format_table, plot_battery, to_json
 
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")

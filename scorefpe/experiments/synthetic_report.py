@@ -1,5 +1,5 @@
 """The synthetic benchmark's markdown table and figures, built from the records of
-`scorefpe.benchmarks.synthetic.run_benchmark` (one JSON per model, so they can be rebuilt
+`scorefpe.experiments.synthetic_bench.run_benchmark` (one JSON per model, so they can be rebuilt
 without retraining)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from scorefpe._util import cpu_name, save_figure
-from scorefpe.benchmarks.synthetic import GRID_BOXES, load_synthetic_run
+from scorefpe.experiments.synthetic_bench import GRID_BOXES, load_synthetic_run
 from scorefpe.data.synthetic import get_dataset
 from scorefpe.sde import make_sde
 
@@ -210,7 +210,7 @@ def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str |
                  title: str, n: int = 1000, seed: int = 0) -> None:
     """Probability-flow ODE samples (rtol = atol = 1e-4) of each trained model (lowest seed) next
     to data samples; 1-D sets as histograms."""
-    from scorefpe.evaluation.samplers import probability_flow_ode
+    from scorefpe.sampling.samplers import probability_flow_ode
 
     plt = _plt()
     datasets = list(dict.fromkeys(r["dataset"] for r in records))

@@ -12,25 +12,25 @@ def main() -> None:
 
 
 def _register() -> None:
-    from cli.bench import bench
-    from cli.cauchy import cauchy
-    from cli.check import check
-    from cli.data import data
-    from cli.derive import derive
-    from cli.lenet import lenet
-    from cli.maps import maps
-    from cli.train import train
+    from scorefpe.cli.bench import bench
+    from scorefpe.cli.cauchy import cauchy
+    from scorefpe.cli.check import check
+    from scorefpe.cli.data import data
+    from scorefpe.cli.derive import derive
+    from scorefpe.cli.lenet import lenet
+    from scorefpe.cli.maps import maps
+    from scorefpe.cli.train import train
 
     for command in (check, data, derive, train, bench, lenet, cauchy, maps):
         main.add_command(command)
     # likelihood, curl, benchmark, and `train synthetic` inside the train group.
-    from cli import synthetic
+    from scorefpe.cli import synthetic
 
     synthetic.register(main)
-    from cli import evaluate  # sample, eval, report, diagnose
+    from scorefpe.cli import evaluate  # sample, eval, report, diagnose
 
     evaluate.register(main)
-    from cli.experiment import experiment
+    from scorefpe.cli.experiment import experiment
 
     main.add_command(experiment)
 

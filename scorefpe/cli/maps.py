@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli._options import parse_floats, positive_int
-from cli.evaluate import _run_dir
+from scorefpe.cli._options import parse_floats, positive_int
+from scorefpe.cli.evaluate import _run_dir
 
 
 @click.command("maps")

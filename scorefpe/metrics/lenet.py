@@ -50,7 +50,6 @@ __all__ = [
     "LeNet",
     "LeNetTrainConfig",
     "LeNetTrainResult",
-    "RealDataFloor",
     "default_lenet_path",
     "file_sha256",
     "lenet_accuracy",
@@ -58,7 +57,6 @@ __all__ = [
     "lenet_probs",
     "lenet_train_record",
     "load_lenet",
-    "real_data_floor",
     "save_lenet",
     "train_lenet",
     "weights_sha256",
@@ -411,47 +409,3 @@ def lenet_train_record(result: LeNetTrainResult, config: LeNetTrainConfig, *, n_
         "features": "relu(fc2): 84-d penultimate activations",
         "weights_sha256": weights_sha256(result.model),
     }
-
-
-@dataclass(frozen=True)
-class RealDataFloor:
-    """Sample metrics of real images against the test set: the best a model's samples can do
-    with this many images (FID(LeNet), Density, Coverage with k neighbours, and the hard-label
-    class entropy in nats of each set; max ln 10 = 2.3026)."""
-
-    n_real: int
-    n_test: int
-    k: int
-    fid: float
-    density: float
-    coverage: float
-    entropy_real: float
-    entropy_test: float
-    seconds: float
-
-
-def real_data_floor(model: LeNet, real_images: Tensor, test_images: Tensor, *,
-                    k: int = 5) -> RealDataFloor:
-    """The metrics `scorefpe eval` reports for samples, computed for real images instead.
-
-    FID = `frechet_distance` of the LeNet features of ``real_images`` (N, 1, 28, 28) and
-    ``test_images`` (M, 1, 28, 28); Density/Coverage (`density_coverage`) of the real images
-    against the test set as reference, with ``k`` neighbours; `class_entropy` (hard labels, nats)
-    of each set. Cost: LeNet forward passes of N + M images (twice: features and probabilities)
-    and O(N M) feature distances. FID is biased upward by ~1/N + 1/M (see `frechet_distance`).
-
-    Raises:
-        ValueError: bad image shapes, too few images, k out of range (from the metrics).
-    """
-    from scorefpe.evaluation.metrics import class_entropy, density_coverage, frechet_distance
-
-    t0 = time.perf_counter()
-    f_test, f_real = lenet_features(model, test_images), lenet_features(model, real_images)
-    fid = frechet_distance(f_real, f_test)
-    dc = density_coverage(f_test, f_real, k=k)
-    return RealDataFloor(
-        n_real=int(real_images.shape[0]), n_test=int(test_images.shape[0]), k=k, fid=fid,
-        density=dc.density, coverage=dc.coverage,
-        entropy_real=class_entropy(lenet_probs(model, real_images)),
-        entropy_test=class_entropy(lenet_probs(model, test_images)),
-        seconds=time.perf_counter() - t0)

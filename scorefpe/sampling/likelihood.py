@@ -30,7 +30,7 @@ from scipy.integrate import solve_ivp
 
 from scorefpe import operators
 from scorefpe._util import parse_choice
-from scorefpe.evaluation.samplers import ODE_METHODS, check_ode_options
+from scorefpe.sampling.samplers import ODE_METHODS, check_ode_options
 from scorefpe.operators import DivergenceMethod
 from scorefpe.sde import SDE, bcast
 

@@ -1,7 +1,7 @@
 """The "symbolic" section of `scorefpe check`: sympy's derivation against the torch operators.
 
 Three kinds of rows, all in D = 2:
-1. the derived L[s] (`scorefpe.symbolic.derive`) equals FP-Diffusion Table 3's typed form;
+1. the derived L[s] (`scorefpe.symbolic.derivation.derive`) equals FP-Diffusion Table 3's typed form;
 2. closed-form scores (a 2-D Gaussian with full covariance, a two-component 2-D mixture)
    satisfy the derived scalar and score forms, evaluated with mpmath at 50 digits at random
    rational points, and a rotation added to the Gaussian score leaves the non-zero residual
@@ -27,7 +27,7 @@ import numpy as np
 import sympy as sp
 import torch
 
-from scorefpe import symbolic as S
+from scorefpe.symbolic import derivation as S
 from scorefpe.operators import fp_residual
 from scorefpe.sde import make_sde
 from scorefpe.validation.result import CheckResult
@@ -138,7 +138,7 @@ class LambdifiedResidual:
 @functools.lru_cache(maxsize=16)
 def lambdified_residual(sde_name: str, field: CrossField) -> LambdifiedResidual:
     """Build (once per SDE and field) the symbolic residual of `field` from the derived equation
-    (`scorefpe.symbolic.derive(sde_name, 2)`) with the SDE's default parameters, and lambdify it.
+    (`scorefpe.symbolic.derivation.derive(sde_name, 2)`) with the SDE's default parameters, and lambdify it.
 
     Raises:
         ValueError: unknown SDE name.

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from cli._options import comma_list
+from scorefpe.cli._options import comma_list
 from scorefpe.data.synthetic import DATASETS
-from scorefpe.evaluation.likelihood import ODE_METHODS
+from scorefpe.sampling.likelihood import ODE_METHODS
 from scorefpe.sde import SDES
 
 DATASET_CHOICE = click.Choice(sorted(DATASETS))
@@ -28,7 +28,7 @@ def _write_json(path: str, obj: object) -> None:
 
 
 def _load_run(run_dir: str, ema: bool):
-    from scorefpe.benchmarks.synthetic import build_model, load_synthetic_run
+    from scorefpe.experiments.synthetic_bench import build_model, load_synthetic_run
 
     try:
         model, cfg = load_synthetic_run(run_dir, ema=ema)
@@ -62,7 +62,7 @@ def _load_run(run_dir: str, ema: bool):
 def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps, batch_size, lr,
                     t_min, hidden, depth, seed, resume, out_dir) -> None:
     """Train an MLP score model on a synthetic data set (DSM or DSM + FP regulariser)."""
-    from scorefpe.benchmarks.synthetic import SyntheticRunConfig, train_synthetic_run
+    from scorefpe.experiments.synthetic_bench import SyntheticRunConfig, train_synthetic_run
 
     try:
         cfg = SyntheticRunConfig(dataset=dataset, sde=sde_name, penalty=penalty, alpha=alpha,
@@ -109,7 +109,7 @@ def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_
     """NLL of a synthetic run's model by the probability-flow ODE, and its gap to the true NLL."""
     import torch
 
-    from scorefpe.benchmarks.synthetic import heldout_likelihood
+    from scorefpe.experiments.synthetic_bench import heldout_likelihood
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     try:
@@ -152,7 +152,7 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     """Curl MSE over t, E_{x~q_t} 1/2 ||J - J^T||_F^2, of a synthetic run's model."""
     import torch
 
-    from scorefpe.evaluation.conservativity import curl_mse_curve, time_average, uniform_t_grid
+    from scorefpe.metrics.conservativity import curl_mse_curve, time_average, uniform_t_grid
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     if ds.dim < 2:
@@ -198,8 +198,8 @@ def benchmark() -> None:
 def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid, n_test,
                         no_samples) -> None:
     """Train DSM and FP-regularised models on every synthetic set; write table.md and figures."""
-    from scorefpe.benchmarks import report
-    from scorefpe.benchmarks.synthetic import BenchmarkConfig, EvalConfig, run_benchmark
+    from scorefpe.experiments import synthetic_report as report
+    from scorefpe.experiments.synthetic_bench import BenchmarkConfig, EvalConfig, run_benchmark
 
     try:
         bcfg = BenchmarkConfig(
@@ -247,7 +247,7 @@ def _fallback_train() -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add this module's commands to ``main``. `synthetic` joins the `train` group of cli/train.py
+    """Add this module's commands to ``main``. `synthetic` joins the `train` group of scorefpe/cli/train.py
     when that exists, else a local `train` group holding only it."""
     main.add_command(likelihood)
     main.add_command(curl)
@@ -255,7 +255,7 @@ def register(main: click.Group) -> None:
     grp = main.commands.get("train")
     if grp is None:
         try:
-            from cli.train import train as grp  # type: ignore[no-redef]
+            from scorefpe.cli.train import train as grp  # type: ignore[no-redef]
         except ImportError:
             grp = None
         if not isinstance(grp, click.Group):

@@ -376,7 +376,7 @@ def plot_density(path: str | Path, models: dict[str, Any], sde: SDE, dataset: An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scorefpe.evaluation.likelihood import probability_flow_likelihood
+    from scorefpe.sampling.likelihood import probability_flow_likelihood
 
     pts = density_grid(dataset, n_grid)
     t = torch.full((pts.shape[0],), t_min, dtype=torch.float64)

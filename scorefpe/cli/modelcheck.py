@@ -1,8 +1,8 @@
 """`scorefpe check --model ...`: the score-FPE report of a user's own score model (issue 9).
 
-Folding into `cli/check.py` (which already has --sde and --seed)::
+Folding into `scorefpe/cli/check.py` (which already has --sde and --seed)::
 
-    from cli.modelcheck import add_model_options, model_option_names, run_model_check
+    from scorefpe.cli.modelcheck import add_model_options, model_option_names, run_model_check
 
     @click.command()
     ...existing options...
@@ -27,7 +27,7 @@ from typing import Any, Callable
 import click
 import torch
 
-from cli._options import resolve_device_option
+from scorefpe.cli._options import resolve_device_option
 from scorefpe._util import atomic_write_bytes, cpu_name
 from scorefpe.sde import SDES
 

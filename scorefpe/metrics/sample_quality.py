@@ -14,16 +14,15 @@ device) and return Python floats or small frozen dataclasses.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import torch
 
 from scorefpe._util import parse_choice
+from scorefpe.metrics.lenet import LeNet, lenet_features, lenet_probs
 
-if TYPE_CHECKING:  # pragma: no cover
-    from scorefpe.evaluation.lenet import LeNet
 
 Tensor = torch.Tensor
 
@@ -32,6 +31,7 @@ __all__ = [
     "DensityCoverage",
     "EntropyUnit",
     "GaussianStats",
+    "RealDataFloor",
     "class_distribution",
     "class_entropy",
     "density_coverage",
@@ -39,6 +39,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
+    "real_data_floor",
     "shannon_entropy",
     "sqrtm_psd",
     "trace_sqrt_product",
@@ -326,7 +327,7 @@ def class_entropy(
 def fid_lenet(
     samples: Tensor,
     reference: Tensor | GaussianStats,
-    lenet: "LeNet",
+    lenet: LeNet,
     *,
     batch_size: int = 1000,
 ) -> float:
@@ -335,17 +336,57 @@ def fid_lenet(
     samples: images (N, 1, 28, 28) or (N, 28, 28) with values in [0, 1] (clamp generated
     samples first). reference: images of the same kind (e.g. the 10,000 MNIST test images), or
     their precomputed `gaussian_stats(lenet_features(...))`. Features: the 84-d penultimate
-    activations of `lenet` (see scorefpe.evaluation.lenet). Cost: one LeNet forward per image
+    activations of `lenet` (see scorefpe.metrics.lenet). Cost: one LeNet forward per image
     plus O(N D^2 + D^3) with D = 84.
 
     Raises:
         ValueError: images of the wrong shape or outside [0, 1], N < 2.
     """
-    from scorefpe.evaluation.lenet import lenet_features
-
     fs = gaussian_stats(lenet_features(lenet, samples, batch_size=batch_size))
     if isinstance(reference, GaussianStats):
         fr = reference
     else:
         fr = gaussian_stats(lenet_features(lenet, reference, batch_size=batch_size))
     return frechet_distance_from_stats(fs, fr)
+
+
+@dataclass(frozen=True)
+class RealDataFloor:
+    """Sample metrics of real images against the test set: the best a model's samples can do
+    with this many images (FID(LeNet), Density, Coverage with k neighbours, and the hard-label
+    class entropy in nats of each set; max ln 10 = 2.3026)."""
+
+    n_real: int
+    n_test: int
+    k: int
+    fid: float
+    density: float
+    coverage: float
+    entropy_real: float
+    entropy_test: float
+    seconds: float
+
+
+def real_data_floor(model: LeNet, real_images: Tensor, test_images: Tensor, *,
+                    k: int = 5) -> RealDataFloor:
+    """The metrics `scorefpe eval` reports for samples, computed for real images instead.
+
+    FID = `frechet_distance` of the LeNet features of ``real_images`` (N, 1, 28, 28) and
+    ``test_images`` (M, 1, 28, 28); Density/Coverage (`density_coverage`) of the real images
+    against the test set as reference, with ``k`` neighbours; `class_entropy` (hard labels, nats)
+    of each set. Cost: LeNet forward passes of N + M images (twice: features and probabilities)
+    and O(N M) feature distances. FID is biased upward by ~1/N + 1/M (see `frechet_distance`).
+
+    Raises:
+        ValueError: bad image shapes, too few images, k out of range (from the metrics).
+    """
+    t0 = time.perf_counter()
+    f_test, f_real = lenet_features(model, test_images), lenet_features(model, real_images)
+    fid = frechet_distance(f_real, f_test)
+    dc = density_coverage(f_test, f_real, k=k)
+    return RealDataFloor(
+        n_real=int(real_images.shape[0]), n_test=int(test_images.shape[0]), k=k, fid=fid,
+        density=dc.density, coverage=dc.coverage,
+        entropy_real=class_entropy(lenet_probs(model, real_images)),
+        entropy_test=class_entropy(lenet_probs(model, test_images)),
+        seconds=time.perf_counter() - t0)

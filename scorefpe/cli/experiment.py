@@ -10,7 +10,7 @@ from typing import Callable
 
 import click
 
-from cli._options import parse_floats, positive_int
+from scorefpe.cli._options import parse_floats, positive_int
 
 
 def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str,
@@ -66,7 +66,7 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: f
     Run it again after an interruption: finished trainings and evaluations are skipped, and a
     killed training resumes from its last checkpoint.
     """
-    from scorefpe.evaluation.experiment import Table1Config, check_experiment_dir, run_table1
+    from scorefpe.experiments.table1 import Table1Config, check_experiment_dir, run_table1
 
     try:
         cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam,
@@ -108,7 +108,7 @@ def lambda_sweep(out: Path, penalty: str, lams: tuple[float, ...], seeds: int, p
     Run it again after an interruption: finished trainings and diagnostics are skipped; more
     lambdas or seeds add runs.
     """
-    from scorefpe.evaluation.lambda_sweep import SweepConfig, check_sweep_dir, run_lambda_sweep
+    from scorefpe.experiments.lambda_sweep import SweepConfig, check_sweep_dir, run_lambda_sweep
 
     try:
         cfg = SweepConfig(penalty=penalty, lams=lams, seeds=seeds, preset=preset,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli._options import positive_int
+from scorefpe.cli._options import positive_int
 
 SAMPLERS = ("em", "pc", "ode")
 

@@ -34,9 +34,9 @@ import torch
 
 from scorefpe._util import parse_choice
 from scorefpe.data.synthetic import DATASETS, SyntheticDataset, get_dataset
-from scorefpe.evaluation.conservativity import curl_mse_curve, time_average, uniform_t_grid
-from scorefpe.evaluation.likelihood import probability_flow_likelihood
-from scorefpe.evaluation.samplers import check_ode_options
+from scorefpe.metrics.conservativity import curl_mse_curve, time_average, uniform_t_grid
+from scorefpe.sampling.likelihood import probability_flow_likelihood
+from scorefpe.sampling.samplers import check_ode_options
 from scorefpe.models import MLPConfig, MLPScoreNet
 from scorefpe.penalties import Omega, Penalty, PenaltyConfig
 from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve

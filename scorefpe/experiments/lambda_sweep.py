@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from scorefpe._util import atomic_write_text, save_figure
-from scorefpe.evaluation.experiment import (
+from scorefpe.experiments.table1 import (
     EXPERIMENT_PRESETS,
     LOSSES,
     TRAIN_MARKER,
@@ -224,7 +224,7 @@ def _diag_done(cfg: SweepConfig, spec: RunSpec) -> dict[str, Any] | None:
 
 def _run_diag(cfg: SweepConfig, spec: RunSpec, test_images: Tensor) -> dict[str, Any]:
     from scorefpe.evaluation.diagnostics import run_diagnostics
-    from scorefpe.training.mnist import load_run
+    from scorefpe.training.mnist_unet import load_run
 
     model, sde, config = load_run(spec.run_dir)
     curves = run_diagnostics(

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli._options import positive_int
+from scorefpe.cli._options import positive_int
 from scorefpe.data.synthetic import DATASETS
 
 if TYPE_CHECKING:
-    from scorefpe.pinn import TrainRun
+    from scorefpe.experiments.cauchy import TrainRun
 
 
 def _summary(name: str, run: TrainRun) -> str:
-    """The one-line report of an evaluated run (a `scorefpe.pinn.TrainRun` with ``eval``)."""
+    """The one-line report of an evaluated run (a `scorefpe.experiments.cauchy.TrainRun` with ``eval``)."""
     ev, s = run.eval, run.eval.samples
     mw = s.get("em", {}).get("mode_weights")
     return (f"[{name}] {run.steps} steps, train {run.train_seconds:.0f} s"
@@ -88,7 +88,8 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
     import torch
 
     from scorefpe.data.synthetic import get_dataset
-    from scorefpe.pinn import CauchyConfig, CauchyEvalConfig, ResumeMismatchError, evals_per_step, run_cauchy
+    from scorefpe.experiments.cauchy import CauchyEvalConfig, ResumeMismatchError, run_cauchy
+    from scorefpe.pinn import CauchyConfig, evals_per_step
     from scorefpe.sde import make_sde
 
     if uniform_fraction is not None and collocation != "mixed":
