@@ -646,3 +646,50 @@ def test_cli_refuses_unusable_model_files(tmp_path, name, make, match):
     if "state_dict" in match or "checkpoint" in match:
         assert "file.py:factory" in res.output
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# check --model with --json / --plot (issue 18: every option honoured or refused)
+# ---------------------------------------------------------------------------------------------
+def test_cli_model_json_and_plot_are_written(tmp_path):
+    rot = f"{EXAMPLES / 'check_gaussian.py'}:rotated_score"
+    common = ["--model", rot, "--sde", "vp", "--data", "gmm2d", "--t-grid", "1e-3:1:3",
+              "--n-points", "8"]
+    js, png, out = tmp_path / "sub" / "r.json", tmp_path / "r.png", tmp_path / "out"
+    res = _run([*common, "--json", str(js), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {js}" in res.output and f"wrote {png}" in res.output
+    got = json.loads(js.read_text())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same report as --out's report.json (same seed): rows identical, Asym = 4 lam^2 = 1
+    assert _run([*common, "--out", str(out)]).exit_code == 0
+    ref = json.loads((out / "report.json").read_text())
+    assert got["rows"] == ref["rows"] and len(got["rows"]) == 3
+    assert all(r["asym"]["mean"] == pytest.approx(1.0, rel=1e-12) for r in got["rows"])
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--dataset", "gmm8"], "--dataset applies only to the battery"),
+        (["--t-min", "0.01", "--no-symbolic"], "--t-min, --no-symbolic apply only to the battery"),
+        (["--plot", "{tmp}/r.svg"], "must end in .png"),
+        (["--json", "{tmp}/afile/r.json"], "is a file, not a directory"),
+        (["--plot", "{tmp}/afile/r.png"], "is a file, not a directory"),
+    ],
+)
+def test_cli_model_refuses_options_it_cannot_honour(tmp_path, extra, match):
+    (tmp_path / "afile").write_text("a regular file")
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    res = _run(["--model", f"{EXAMPLES / 'check_gaussian.py'}:gaussian_score", "--data", "gmm2d",
+                "--t-grid", "0.1:1:2", "--n-points", "4", *extra])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "points per t" not in res.output  # refused before any work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_cli_battery_json_under_a_file_exit_2(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = _run(["--json", str(tmp_path / "afile" / "c.json")])
+    assert res.exit_code == 2 and "is a file, not a directory" in res.output
+    assert "scorefpe check:" not in res.output  # before the battery ran
