@@ -693,3 +693,33 @@ def test_cli_battery_json_under_a_file_exit_2(tmp_path):
     res = _run(["--json", str(tmp_path / "afile" / "c.json")])
     assert res.exit_code == 2 and "is a file, not a directory" in res.output
     assert "scorefpe check:" not in res.output  # before the battery ran
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_cli_param_v_and_epsilon(tmp_path, sde_name):
+    # Exact v- and eps-predictors of gmm2d (closed-form score turned into each output): with the
+    # right --param the distance to the true score is round-off; read as another param it is not.
+    f = tmp_path / "vmodels.py"
+    f.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(EXAMPLES)!r})
+        from check_gaussian import gmm2d_score
+        from scorefpe.modelcheck import score_to_output
+
+        def v_net(sde):
+            return score_to_output(gmm2d_score(sde), sde, "v")
+
+        def eps_net(sde):
+            return score_to_output(gmm2d_score(sde), sde, "eps")
+        """))
+    dist = {}
+    for attr, param in (("v_net", "v"), ("eps_net", "epsilon"), ("v_net", "eps")):
+        out = tmp_path / f"{attr}_{param}.json"
+        res = _run(["--model", f"{f}:{attr}", "--param", param, "--sde", sde_name, "--data",
+                    "gmm2d", "--t-grid", "0.05:1:2", "--n-points", "4", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        js = json.loads(out.read_text())
+        dist[(attr, param)] = max(r["true_dist"]["mean"] for r in js["rows"])
+    for key in (("v_net", "v"), ("eps_net", "epsilon")):
+        assert dist[key] < 1e-20, (key, dist[key])
+    assert dist[("v_net", "eps")] > 1e-3
