@@ -81,12 +81,33 @@ def test_fp_diffusion_regulariser_matches_its_formula(omega, m):
     got = fp_diffusion_regulariser(
         model, sde, x, t, alpha=alpha, beta=beta, omega=omega, m=m, t_min=1e-3, generator=_gen(4)
     )
-    g = _gen(4)  # the regulariser draws the residual's probes, then L[s]'s, from one generator
-    eps = op.fp_residual(model, sde, x, t, method="estimated", generator=g, t_min=1e-3)
-    lop = op.fp_operator(model, sde, x, t, method="hutchinson", generator=g)
+    # L[s] and eps share one divergence probe (one operator call).
+    _, lop, eps = op.score_operator_and_fp_residual(
+        model, sde, x, t, method="estimated", generator=_gen(4), t_min=1e-3
+    )
     w = torch.ones_like(t) if omega == "one" else sde.diffusion(t) ** 2
-    want = alpha / 3**m * (w[:, None] * eps).norm(dim=1) ** m + beta * lop.abs()
+    want = alpha * w * eps.norm(dim=1) ** m / 3**m + beta * lop.abs()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_fp_diffusion_regulariser_weights_g2_outside_the_norm_by_hand():
+    # s = (A0 + t A1) x + b(t) has the closed-form residual eps (tests/problems.py). At one point,
+    # with the exact residual and beta = 0: R = alpha g(t)^2 ||eps||^2 / D^2 (FP-Diffusion's code:
+    # g^2 times the m-th power of the norm), not alpha g^4 ||eps||^2 / D^2 (omega inside).
+    from problems import timevarying_linear
+
+    sde = VESDE()
+    a0 = torch.tensor([[-1.0, 0.2], [0.1, -0.5]], dtype=F64)
+    a1 = torch.tensor([[0.3, 0.0], [0.0, -0.2]], dtype=F64)
+    fn, residual = timevarying_linear(a0, a1, torch.tensor([0.2, -0.1], dtype=F64), torch.tensor([0.3, 0.1], dtype=F64))
+    x = torch.tensor([[0.5, -1.0]], dtype=F64)
+    t = torch.tensor([0.4], dtype=F64)
+    got = fp_diffusion_regulariser(fn, sde, x, t, alpha=0.15, omega="g2", m=2, t_min=1e-3, method="exact")
+    eps = residual(sde, x, t)
+    g2 = float(sde.diffusion(t) ** 2)
+    want = 0.15 * g2 * float(eps.pow(2).sum()) / 2**2
+    assert abs(float(got.detach()) - want) < 1e-12 * want
+    assert abs(want * g2 - want) > 1e-3 * want  # g^2 != 1 here: the two readings differ
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,66 +1,33 @@
-"""`scorefpe check --model ...`: the score-FPE report of a user's own score model (issue 9).
+"""`scorefpe check --model ...`: the options of the score-FPE report of a user's own score model
+(issue 9) and their parsing; the run itself is `scorefpe.modelcheck.run.check_model_spec`.
 
-Folding into `scorefpe/cli/check.py` (which already has --sde and --seed)::
-
-    from scorefpe.cli.modelcheck import add_model_options, model_option_names, run_model_check
-
-    @click.command()
-    ...existing options...
-    @add_model_options(skip=("sde", "seed"))
-    def check(dataset, sde_name, seed, ..., **model_kw):
-        if model_kw["model"] is not None:
-            run_model_check(sde=sde_name, seed=seed, **model_kw)
-            return
-        ...the battery...
-
-`run_model_check` / `model_check_command` raise click.UsageError (exit 2) on bad input.
+`scorefpe/cli/check.py` adds these options to `check` with ``@add_model_options(skip=("sde",
+"seed"))`` and calls `run_model_check` when --model is given. `run_model_check` /
+`model_check_command` raise click.UsageError (exit 2) on bad input.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import click
-import torch
 
 from scorefpe.cli._options import resolve_device_option
-from scorefpe._util import atomic_write_bytes, cpu_name
+from scorefpe.modelcheck.run import DTYPES
 from scorefpe.sde import SDES
-
-DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
-
-
-def _parse_shape(shape: str | None) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
-    try:
-        dims = tuple(int(s) for s in shape.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        dims = ()
-    if not dims or any(d < 1 for d in dims):
-        raise click.BadParameter(f"{shape!r}: expected sizes like 2 or 1,28,28", param_hint="--shape")
-    return dims
 
 
 def sde_from_options(sde: Any, sde_params: dict[str, float | None]):
     """The SDE named by --sde with the --beta-*/--sigma-* values given (None: the default);
     click.UsageError (exit 2) naming a parameter the SDE does not take or a bad value."""
-    from scorefpe.sde import SDE, make_sde
+    from scorefpe.modelcheck.run import sde_with_params
+    from scorefpe.sde import SDE
 
     if isinstance(sde, SDE):
         return sde
-    given = {k: v for k, v in sde_params.items() if v is not None}
     try:
-        return make_sde(str(sde), **given)
-    except TypeError:
-        raise click.UsageError(
-            f"SDE {sde!r} does not take parameters {sorted(given)} (vp: --beta-min/--beta-max, "
-            "ve: --sigma-min/--sigma-max)"
-        ) from None
+        return sde_with_params(str(sde), sde_params)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
 
@@ -89,24 +56,11 @@ def model_check_command(
     progress: bool = True,
     echo: Callable[[str], None] = click.echo,
 ) -> "object":
-    """Run the model check from parsed option values: load, probe, compute, print, write files.
-
-    Bad input raises click.UsageError (exit 2) naming the problem; files are written only after
-    everything was computed, each atomically. Returns the ModelReport.
-    """
-    from tqdm.auto import tqdm
-
-    from scorefpe.modelcheck import (
-        check_model,
-        data_sampler,
-        load_model,
-        model_dtype,
-        model_sampler,
-        parse_param,
-        parse_t_grid,
-        probe_model,
-        to_score_fn,
-    )
+    """Parse the option values and run `scorefpe.modelcheck.run.check_model_spec`; write the
+    report files into --out. Bad input raises click.UsageError (exit 2) naming the problem, a
+    failure mid-run click.ClickException. Returns the ModelReport."""
+    from scorefpe.modelcheck import parse_param
+    from scorefpe.modelcheck.run import check_model_spec, write_report_files
 
     t_start = time.perf_counter()
     try:
@@ -119,73 +73,21 @@ def model_check_command(
     the_sde = sde_from_options(sde, dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min,
                                   sigma_max=sigma_max))
     try:
-        grid = parse_t_grid(t_grid, the_sde.T)
-        loaded = load_model(model, the_sde)
-        if loaded.sde is not None:
-            the_sde = loaded.sde
-        dt = DTYPES[dtype] or model_dtype(loaded.model)
-        score_fn = to_score_fn(loaded.model, the_sde, p)
-        gen = torch.Generator().manual_seed(seed)
-        truth = None
-        if data is not None:
-            src = data_sampler(data)
-            sample_x0 = src.sample
-            truth = src.truth(the_sde) if src.truth is not None else None
-            x0_source = f"data {data}"
-        else:
-            dims = _parse_shape(shape)
-            if dims is None:
-                raise click.UsageError(
-                    "without --data give --shape (per-sample shape, e.g. 2 or 1,28,28) so that "
-                    "the model's own samples can be drawn by the probability-flow ODE"
-                )
-            xt = the_sde.prior_sample((4, *dims), generator=gen, dtype=dt, device=dev)
-            probe_model(score_fn, xt, torch.full((4,), the_sde.T, dtype=dt, device=dev))
-            echo(f"sampling {n_points} x0 from the model by the probability-flow ODE ...")
-            sample_x0 = model_sampler(score_fn, the_sde, dims, n_pool=n_points, t_min=grid[0],
-                                      generator=gen, dtype=dt, device=dev, batch_size=batch_size,
-                                      progress=progress)
-            x0_source = "model samples (probability-flow ODE)"
-        meta = dict(model=model, sde=repr(the_sde), param=p.value, x0_source=x0_source,
-                    seed=seed, machine=cpu_name() if dev.type == "cpu" else str(dev))
-        with tqdm(total=len(grid) * n_points, desc="model check", unit="pt",
-                  disable=not progress) as bar:
-            report = check_model(
-                score_fn, the_sde, sample_x0, t_grid=grid, n_points=n_points, n_probes=n_probes,
-                generator=gen, mode=mode, true_score_fn=truth, compute_dsm=data is not None,
-                batch_size=batch_size, dtype=dt, device=dev,
-                time_method=None if time_method == "default" else time_method,
-                progress=lambda done, total: bar.update(done - bar.n), meta=meta,
-            )
+        report = check_model_spec(
+            model, the_sde, p, data=data, t_grid=t_grid, n_points=n_points, n_probes=n_probes,
+            seed=seed, mode=mode, shape=shape, dtype=DTYPES[dtype], device=dev,
+            batch_size=batch_size, time_method=None if time_method == "default" else time_method,
+            progress=progress, echo=echo, t_start=t_start)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     except RuntimeError as err:  # e.g. an ODE solver failure or a model error mid-run
         raise click.ClickException(f"{type(err).__name__}: {err}") from err
-    elapsed = time.perf_counter() - t_start
-    m = report.meta
-    echo(f"scorefpe check --model {model}: sde={m['sde']} param={p.value} D={m['dim']} "
-         f"x0={x0_source} dtype={m['dtype']}")
-    echo(f"mode: {m['mode']}")
-    echo(report.table())
-    probes_txt = "exact (no probes)" if m["exact"] else f"{n_probes} probes per point and quantity"
-    echo(f"{n_points} points per t, {probes_txt}; CI = mean ± 1.96 SE; time {elapsed:.1f} s")
     if out is not None:
-        d = Path(out)
-        if d.exists() and not d.is_dir():
-            raise click.UsageError(f"--out {out!r} exists and is not a directory")
-        # Render everything first so that a failure leaves no partial set of files behind.
-        fd, tmp_png = tempfile.mkstemp(suffix=".png")
-        os.close(fd)
         try:
-            report.plot(tmp_png)
-            png = Path(tmp_png).read_bytes()
-        finally:
-            os.unlink(tmp_png)
-        files = {"report.json": report.to_json(), "report.csv": report.to_csv(),
-                 "report.md": report.to_markdown(), "report.png": png}
-        for name, content in files.items():
-            atomic_write_bytes(d / name, content.encode() if isinstance(content, str) else content)
-        echo(f"wrote {', '.join(str(d / n) for n in files)}")
+            paths = write_report_files(report, out)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
+        echo(f"wrote {', '.join(str(f) for f in paths)}")
     return report
 
 

@@ -154,7 +154,8 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     """Curl MSE over t, E_{x~q_t} 1/2 ||J - J^T||_F^2, of a synthetic run's model."""
     import torch
 
-    from scorefpe.metrics.conservativity import curl_mse_curve, time_average, uniform_t_grid
+    from scorefpe.metrics.conservativity import curl_mse_curve, time_average
+    from scorefpe.residuals import Spacing, time_grid
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     if ds.dim < 2:
@@ -165,7 +166,7 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
         fn, dtype, what = ds.score_fn(sde), torch.float64, "closed-form score"
     else:
         fn, dtype, what = model, torch.float32, cfg.label
-    grid = uniform_t_grid(cfg.t_min, sde.T, n_t)
+    grid = time_grid(cfg.t_min, sde.T, n_t, Spacing.UNIFORM)
     c = curl_mse_curve(fn, sde, lambda n, g: ds.sample(n, g).to(dtype), grid.to(dtype),
                        n_points=n_points, generator=torch.Generator().manual_seed(seed))
     avg = time_average(c)

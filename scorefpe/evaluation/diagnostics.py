@@ -17,7 +17,6 @@ n_probes VJPs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +25,7 @@ import torch
 
 from scorefpe import operators
 from scorefpe._util import save_figure
-from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve, log_t_grid
+from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve, log_t_grid, per_t_curve
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -46,8 +45,8 @@ class DiagnosticCurves:
         return {c.name: c.as_rows() for c in (self.r_fp, self.r_dsm, self.jac_fro)}
 
 
-def _image_sampler(images: Tensor) -> Callable[[int, torch.Generator], Tensor]:
-    def sample(n: int, g: torch.Generator) -> Tensor:
+def _image_sampler(images: Tensor) -> Callable[[int, torch.Generator | None], Tensor]:
+    def sample(n: int, g: torch.Generator | None) -> Tensor:
         idx = torch.randint(0, images.shape[0], (n,), generator=g)
         return images[idx]
 
@@ -66,19 +65,14 @@ def jacobian_frobenius_curve(
 ) -> Curve:
     """1/D E_{x ~ q_t}||J_s(x, t)||_F^2 at each t, Hutchinson with n_probes Gaussian probes
     (unbiased; variance per probe 2||J^T J||_F^2). Cost: n_probes VJPs on n_points per t."""
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    means, ses = [], []
-    for t in t_grid.tolist():
-        x0 = sample_x0(n_points, g)
-        tt = torch.full((n_points,), float(t), dtype=x0.dtype)
-        x, _ = sde.perturb(x0, tt, g)
-        d = x[0].numel()
-        per = operators.jacobian_frobenius_sq(
-            score_fn, x, tt, method="hutchinson", n_probes=n_probes, generator=g
-        ).detach() / d
-        means.append(per.mean())
-        ses.append(per.std() / math.sqrt(n_points))
-    return Curve("jac_fro", t_grid.clone(), torch.stack(means), torch.stack(ses))
+
+    def values(x: Tensor, tt: Tensor, _z: Tensor) -> Tensor:
+        return operators.jacobian_frobenius_sq(
+            score_fn, x, tt, method="hutchinson", n_probes=n_probes, generator=generator
+        ).detach() / x[0].numel()
+
+    return per_t_curve("jac_fro", sde, sample_x0, t_grid, values, n_points=n_points,
+                       generator=generator)
 
 
 def run_diagnostics(
@@ -103,17 +97,16 @@ def run_diagnostics(
     """
     if t_lo < t_min:
         raise ValueError(f"t_lo = {t_lo} lies below the model's t_min = {t_min}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
     grid = log_t_grid(t_lo, t_hi, n_t, dtype=images.dtype)
     sx0 = _image_sampler(images)
     r_fp = fp_residual_curve(
         score_fn, sde, sx0, grid, n_points=n_points, method="estimated", n_probes=n_probes,
-        t_min=t_min, generator=g,
+        t_min=t_min, generator=generator,
     )
     r_fp = Curve(r_fp.name, r_fp.t, r_fp.mean.detach(), r_fp.se.detach())
-    r_dsm = dsm_residual_curve(score_fn, sde, sx0, grid, n_points=n_points, generator=g)
+    r_dsm = dsm_residual_curve(score_fn, sde, sx0, grid, n_points=n_points, generator=generator)
     jac = jacobian_frobenius_curve(
-        score_fn, sde, sx0, grid, n_points=n_points, n_probes=n_probes, generator=g
+        score_fn, sde, sx0, grid, n_points=n_points, n_probes=n_probes, generator=generator
     )
     return DiagnosticCurves(r_fp, r_dsm, jac)
 

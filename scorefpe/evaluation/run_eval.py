@@ -233,7 +233,7 @@ def bits_per_dim(log_prob: Tensor, dim: int, n_bins: int = 256) -> Tensor:
     return -(log_prob / dim - math.log(n_bins)) / math.log(2.0)
 
 
-def dequantize(images: Tensor, generator: torch.Generator, n_bins: int = 256) -> Tensor:
+def dequantize(images: Tensor, generator: torch.Generator | None, n_bins: int = 256) -> Tensor:
     """y = (k + u) / n_bins with k = round(x (n_bins - 1)), u ~ U[0, 1): uniform dequantization
     of images x = k/(n_bins - 1) in [0, 1]."""
     k = torch.round(images.double() * (n_bins - 1))
@@ -267,12 +267,11 @@ def nll_bits_per_dim(
     """
     from scorefpe.sampling.likelihood import probability_flow_likelihood
 
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    y = dequantize(images.float(), g)
+    y = dequantize(images.float(), generator)
     t0 = time.perf_counter()
     res = probability_flow_likelihood(
         score_fn, sde, y, t_min=t_min, rtol=rtol, atol=atol, divergence="hutchinson",
-        n_probes=n_probes, probe=probe, generator=g,
+        n_probes=n_probes, probe=probe, generator=generator,
     )
     d = int(np.prod(images.shape[1:]))
     bpd = bits_per_dim(res.log_prob, d)

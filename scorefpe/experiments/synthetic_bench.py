@@ -34,12 +34,12 @@ import torch
 
 from scorefpe._util import parse_choice
 from scorefpe.data.synthetic import DATASETS, SyntheticDataset, get_dataset
-from scorefpe.metrics.conservativity import curl_mse_curve, time_average, uniform_t_grid
+from scorefpe.metrics.conservativity import curl_mse_curve, time_average
 from scorefpe.sampling.likelihood import probability_flow_likelihood
 from scorefpe.sampling.samplers import check_ode_options
 from scorefpe.models import MLPConfig, MLPScoreNet
 from scorefpe.penalties import Omega, Penalty, PenaltyConfig
-from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve
+from scorefpe.residuals import Curve, Spacing, dsm_residual_curve, fp_residual_curve, time_grid
 from scorefpe.sde import SDE, SDES, make_sde
 from scorefpe.training import SampledBatches, TrainConfig, dsm_objective, load_checkpoint, train
 from scorefpe.training.checkpoint import atomic_write_json
@@ -370,7 +370,7 @@ def evaluate_score(
 
 def _curves(out: dict[str, Any], score_fn: ScoreFn, sde: SDE, ds: SyntheticDataset, t_min: float,
             dtype: torch.dtype, ecfg: EvalConfig, t0: float) -> dict[str, Any]:
-    t_grid = uniform_t_grid(t_min, sde.T, ecfg.n_t)
+    t_grid = time_grid(t_min, sde.T, ecfg.n_t, Spacing.UNIFORM)
     sample = lambda n, g: ds.sample(n, g).to(dtype)  # noqa: E731
     curves: dict[str, Curve] = {}
     if ds.dim >= 2:

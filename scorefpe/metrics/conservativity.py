@@ -20,14 +20,14 @@ import torch
 
 from scorefpe import operators
 from scorefpe.operators import DivergenceMethod
-from scorefpe.residuals import Curve
+from scorefpe.residuals import Curve, per_t_curve
 from scorefpe.sde import SDE
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 X0Sampler = Callable[[int, torch.Generator], Tensor]
 
-__all__ = ["curl_mse_curve", "curl_sq", "time_average", "uniform_t_grid"]
+__all__ = ["curl_mse_curve", "curl_sq", "time_average"]
 
 
 def curl_sq(
@@ -72,26 +72,13 @@ def curl_mse_curve(
     """
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
         raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    means, ses = [], []
-    for t in t_grid.tolist():
-        x0 = sample_x0(n_points, g)
-        if dtype is not None:
-            x0 = x0.to(dtype)
-        tt = torch.full((n_points,), float(t), dtype=x0.dtype, device=x0.device)
-        x, _ = sde.perturb(x0, tt, g)
-        per = curl_sq(score_fn, x, tt, method=method, n_probes=n_probes, generator=g)
-        per = per.to(torch.float64)
-        means.append(per.mean())
-        ses.append(per.std() / n_points**0.5)
-    return Curve("curl_mse", t_grid.clone(), torch.stack(means), torch.stack(ses))
 
+    def values(x: Tensor, tt: Tensor, _z: Tensor) -> Tensor:
+        per = curl_sq(score_fn, x, tt, method=method, n_probes=n_probes, generator=generator)
+        return per.to(torch.float64)
 
-def uniform_t_grid(t_min: float, t_max: float, n: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """n equally spaced times from t_min to t_max inclusive (for time averages over U[t_min, T])."""
-    if not (0 < t_min < t_max) or isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"uniform grid needs 0 < t_min < t_max and n >= 2; got {t_min}, {t_max}, {n}")
-    return torch.linspace(t_min, t_max, n, dtype=dtype)
+    return per_t_curve("curl_mse", sde, sample_x0, t_grid, values, n_points=n_points,
+                       generator=generator, dtype=dtype)
 
 
 def time_average(curve: Curve) -> float:

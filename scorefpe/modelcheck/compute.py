@@ -42,6 +42,7 @@ import torch
 from scorefpe import operators as ops
 from scorefpe.modelcheck.loading import model_dtype, probe_model
 from scorefpe.modelcheck.report import ModelReport, Stat
+from scorefpe.residuals import Spacing, time_grid
 from scorefpe.sde import SDE, bcast
 
 Tensor = torch.Tensor
@@ -86,8 +87,7 @@ def parse_t_grid(spec: str, T: float = 1.0) -> tuple[float, ...]:
         elif not (0 < lo < hi):
             raise ValueError(f"--t-grid {spec!r}: need 0 < start < stop")
         else:
-            r = math.log(hi / lo)
-            grid = tuple(lo * math.exp(r * i / (n - 1)) for i in range(n - 1)) + (hi,)
+            grid = tuple(time_grid(lo, hi, n, Spacing.LOG).tolist())
     else:
         try:
             grid = tuple(sorted(float(v) for v in s.split(",") if v.strip()))

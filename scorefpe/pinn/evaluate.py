@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from scorefpe.sampling.samplers import euler_maruyama, probability_flow_ode
-from scorefpe.residuals import fp_residual_curve
+from scorefpe.residuals import Spacing, fp_residual_curve, perturbed_points, time_grid
 from scorefpe.sde import SDE
 
 Tensor = torch.Tensor
@@ -35,12 +35,9 @@ def score_error_curve(
     t_grid, shape (T,). Monte Carlo over n_points samples x ~ q_t (x0 from ``sample_x0``
     perturbed by the SDE): relative standard error about 1/sqrt(n_points) of each mean.
     Cost: one evaluation of both scores on n_points per t."""
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
     out = []
     for t in t_grid.tolist():
-        x0 = sample_x0(n_points, g).to(dtype)
-        tt = torch.full((n_points,), float(t), dtype=dtype)
-        x, _ = sde.perturb(x0, tt, g)
+        x, tt, _ = perturbed_points(sde, sample_x0, t, n_points, generator, dtype)
         s_true = true_score(x.double(), tt.double())
         err = (score_fn(x, tt).double() - s_true).pow(2).sum(-1).mean()
         out.append((err / s_true.pow(2).sum(-1).mean()).sqrt())
@@ -67,8 +64,7 @@ def sliced_wasserstein(
     """
     if a.shape != b.shape or a.dim() != 2:
         raise ValueError(f"samples must both be (N, D) of equal shape; got {tuple(a.shape)}, {tuple(b.shape)}")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    theta = torch.randn(a.shape[1], n_proj, generator=g, dtype=torch.float64)
+    theta = torch.randn(a.shape[1], n_proj, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     pa = (a.double() @ theta).sort(0).values
     pb = (b.double() @ theta).sort(0).values
@@ -119,8 +115,8 @@ def evaluate_model(
     Cost: dominated by em_steps score evaluations on n_samples and the residual curve.
     """
     g = torch.Generator().manual_seed(seed)
-    low = torch.logspace(math.log10(t_min), math.log10(0.05), 6, dtype=torch.float64)[:-1]
-    high = torch.linspace(0.05, 1.0, n_t, dtype=torch.float64)
+    low = time_grid(t_min, 0.05, 6, Spacing.LOG)[:-1]
+    high = time_grid(0.05, 1.0, n_t, Spacing.UNIFORM)
     grid = torch.cat([low, high])
     true = dataset.score_fn(sde)
     rel = score_error_curve(score_fn, true, sde, dataset.sample, grid, n_points=n_points, generator=g, dtype=dtype)

@@ -109,7 +109,7 @@ def probability_flow_likelihood(
         probe: Hutchinson probe distribution, 'rademacher' (default) or 'gaussian'; variance
             per point 2 (||M_sym||_F^2 - sum_i M_ii^2) / n_probes and 2 ||M_sym||_F^2 / n_probes,
             M = int 1/2 g^2 J(x(t), t) dt (module docstring). Unused when exact.
-        generator: draws the Hutchinson probes (unused when exact; None: a fixed seed 0).
+        generator: draws the Hutchinson probes (unused when exact; None: torch's global RNG).
         prior_log_prob: log p_T; default ``sde.prior_log_prob``.
         batch_size: solve in chunks of this many points (None: one solve).
 
@@ -126,8 +126,8 @@ def probability_flow_likelihood(
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
     prior = prior_log_prob if prior_log_prob is not None else sde.prior_log_prob
-    # No global RNG: without a generator the probes come from a fixed seed (reproducible).
-    gen0 = generator if generator is not None else torch.Generator().manual_seed(0)
+    # Probe seeds come from `generator`; None: torch's global RNG (pass one to reproduce).
+    gen0 = generator
     dtype, device = x.dtype, x.device
     n = x.shape[0]
     bs = n if batch_size is None else batch_size

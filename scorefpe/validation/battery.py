@@ -367,12 +367,9 @@ def run_battery(
     finite_difference_checks(ds, sde, t_min, g, out)
     hutchinson_checks(ds, sde, t_min, g, out)
     if symbolic:
-        try:
-            from scorefpe.validation.symbolic_checks import run_symbolic_checks
-        except ImportError:  # the symbolic module is optional at this stage of the project
-            run_symbolic_checks = None
-        if run_symbolic_checks is not None:
-            name = type(sde).__name__.replace("SDE", "").lower()
-            if name in ("vp", "ve"):
-                out.results.extend(run_symbolic_checks(name, seed=seed))
+        from scorefpe.validation.symbolic_checks import run_symbolic_checks  # sympy: import on use
+
+        name = type(sde).__name__.replace("SDE", "").lower()
+        if name in ("vp", "ve"):
+            out.results.extend(run_symbolic_checks(name, seed=seed))
     return out
