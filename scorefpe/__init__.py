@@ -1,7 +1,8 @@
 """scorefpe: check, measure and enforce the score Fokker-Planck equation (score FPE).
 
 The public names a user needs; everything else lives in the submodules:
-``scorefpe.sde``, ``scorefpe.data``, ``scorefpe.operators``, ``scorefpe.residuals``.
+``scorefpe.sde``, ``scorefpe.data``, ``scorefpe.operators``, ``scorefpe.residuals``,
+``scorefpe.modelcheck`` (`check_model`: the score-FPE report of any score model).
 """
 
 from scorefpe.data.mixtures import GaussianMixture
@@ -17,6 +18,7 @@ from scorefpe.operators import (
     scalar_fp_residual,
     time_derivative,
 )
+from scorefpe.modelcheck import check_model
 from scorefpe.sde import SDE, SubVPSDE, VESDE, VPSDE, make_sde
 
 __version__ = "0.1.0"
@@ -27,6 +29,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "VPSDE",
+    "check_model",
     "divergence",
     "fp_operator",
     "fp_residual",

@@ -41,3 +41,17 @@ def timevarying_linear(a0, a1, b0, b1):
 def random_spd(d: int, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
     m = torch.randn(d, d, generator=g, dtype=DT)
     return scale * (m @ m.T / d + 0.1 * torch.eye(d, dtype=DT))
+
+
+def write_mnist_test_idx(cache, n: int = 8, seed: int = 0):
+    """A small real-format MNIST test split (IDX, gzip) of n random digits under cache/mnist, so
+    that a test needing `scorefpe.data.mnist` runs on any machine; returns the cache path."""
+    import numpy as np
+
+    from scorefpe.data.idx import write_idx
+
+    (cache / "mnist").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    write_idx(cache / "mnist" / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+    write_idx(cache / "mnist" / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,), dtype=np.uint8))
+    return cache

@@ -109,3 +109,34 @@ def test_check_run_dir_trained(tmp_path):
                    echo=lambda s: None)
     assert rep.meta["dim"] == 784 and rep.meta["exact"] is False
     assert all(np.isfinite(s.mean) for s in rep.stats["r_fp"])
+
+
+def test_check_run_dir_takes_the_data_from_an_mnist_run(tmp_path, monkeypatch):
+    # No --data: an MNIST run is checked on MNIST test digits (a small real-format IDX test split
+    # in the cache), not on the 2-D gmm2d the example used to default to.
+    from problems import write_mnist_test_idx
+
+    run = _smoke_run_dir(tmp_path)
+    monkeypatch.setenv("SCOREFPE_CACHE", str(write_mnist_test_idx(tmp_path / "cache")))
+    mod = _load("check_run_dir")
+    rep = mod.main(str(run), n_points=2, t_grid="0.5:1:2", echo=lambda s: None)
+    assert rep.meta["x0_source"] == "mnist" and rep.meta["dim"] == 784
+    assert rep.meta["dtype"] == "float32"
+    assert all(np.isfinite(s.mean) for s in rep.stats["dsm"])
+
+
+def test_count_evaluations_rows_follow_from_the_methods():
+    # Rows per sample derived from each method (B = 8, D = 4, K = 1): exact traces replicate the
+    # batch D times; Hutchinson K times (2K for the curl's two probes); d_t s exact is one JVP,
+    # central 2 nodes, nonuniform 3; the estimated residual's VJP pass yields s(x, t), reused for
+    # the stencil's offset-0 node: K + 2 rows, not K + 3.
+    b, d = 8, 4
+    got = _load("count_evaluations").counts(b, d)
+    want_rows = {
+        "divergence exact": d, "divergence hutchinson K=1": 1,
+        "jacobian_frobenius_sq hutchinson K=1": 1, "jacobian_asymmetry_sq hutchinson K=1": 2,
+        "time_derivative exact": 1, "time_derivative central": 2, "time_derivative nonuniform": 3,
+        "fp_operator exact": d, "fp_residual exact": d + 1, "fp_residual estimated K=1": 1 + 2,
+    }
+    assert {k: rows / b for k, (_, rows) in got.items()} == want_rows
+    assert got["fp_residual exact"][0] == 2 and got["fp_residual estimated K=1"][0] == 2

@@ -181,3 +181,68 @@ def test_time_average_is_trapezoid_exact_on_linear():
         time_grid(0.0, 1.0, 5, Spacing.UNIFORM)
     with pytest.raises(ValueError, match="n_points"):
         curl_mse_curve(lambda x, t: x, VPSDE(), _gaussian().sample, t, n_points=1)
+
+
+# Hutchinson probes of the likelihood: both kinds unbiased, variances as stated. For the linear
+# score s = A x the path x(t) does not depend on the probes and div s = tr A at every t, so with
+# M = c A, c = int_{t_min}^T 1/2 g^2 dt, each point's error is exactly c (tr A - v^T A v):
+# variance 2 c^2 ||A_sym||_F^2 / K (Gaussian), 2 c^2 (||A_sym||_F^2 - sum A_ii^2) / K (Rademacher).
+A_LIN = torch.tensor([[1.5, 0.3, 0.0, -0.2],
+                      [0.1, -1.0, 0.3, 0.0],
+                      [0.0, 0.3, 0.5, 0.2],
+                      [-0.2, 0.0, 0.4, -1.5]], dtype=DT)
+
+
+def _c_vp(sde, t_min):
+    # int_{t_min}^T 1/2 beta(t) dt for beta(t) = beta_min + t (beta_max - beta_min)
+    T = sde.T
+    return 0.5 * (sde.beta_min * (T - t_min) + 0.5 * (sde.beta_max - sde.beta_min) * (T**2 - t_min**2))
+
+
+def _probe_errors(a, probe, n, k, seed):
+    sde = VPSDE()
+    x = torch.randn(n, a.shape[0], generator=torch.Generator().manual_seed(seed), dtype=DT)
+    kw = dict(t_min=T_MIN, rtol=1e-8, atol=1e-8)
+    fn = linear_field(a, torch.zeros(a.shape[0], dtype=DT))
+    exact = probability_flow_likelihood(fn, sde, x, **kw).log_prob
+    est = probability_flow_likelihood(fn, sde, x, divergence="hutchinson", n_probes=k, probe=probe,
+                                      generator=torch.Generator().manual_seed(seed + 1), **kw)
+    return est.log_prob - exact, _c_vp(sde, T_MIN)
+
+
+def test_likelihood_probe_variances_and_unbiasedness():
+    n, k = 400, 2
+    sym = 0.5 * (A_LIN + A_LIN.T)
+    fro2, diag2 = float(sym.pow(2).sum()), float(torch.diagonal(A_LIN).pow(2).sum())
+    var_hat = {}
+    for probe, fro_part in (("gaussian", fro2), ("rademacher", fro2 - diag2)):
+        e, c = _probe_errors(A_LIN, probe, n, k, seed=0)
+        var = 2 * c**2 * fro_part / k
+        m2 = float(e.var())
+        m4 = float(((e - e.mean()) ** 4).mean())
+        se_var = math.sqrt(max(m4 - m2**2, 0.0) / n)  # SE of the sample variance
+        assert abs(m2 - var) < 4 * se_var, (probe, m2, var, se_var)
+        assert abs(float(e.mean())) < 4 * math.sqrt(var / n), (probe, float(e.mean()))  # unbiased
+        var_hat[probe] = m2
+    # stated ratio (||A_sym||^2 - sum A_ii^2) / ||A_sym||^2 = 0.52 / 6.27 = 0.083 here
+    assert var_hat["rademacher"] < 0.5 * var_hat["gaussian"]
+
+
+def test_likelihood_rademacher_is_exact_for_a_diagonal_jacobian():
+    a = torch.diag(torch.tensor([1.5, -1.0, 0.5, -1.5], dtype=DT))
+    e_r, _ = _probe_errors(a, "rademacher", 32, 1, seed=3)
+    e_g, c = _probe_errors(a, "gaussian", 32, 1, seed=3)
+    assert float(e_r.abs().max()) < 1e-9  # v^T A v = tr A for every +-1 vector
+    assert float(e_g.std()) > 0.1 * c  # Gaussian: sd 2^(1/2) c ||A||_F ~ 3 c
+
+
+def test_likelihood_default_probe_is_rademacher():
+    a = torch.diag(torch.tensor([1.0, -2.0], dtype=DT))
+    sde = VPSDE()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0), dtype=DT)
+    fn = linear_field(a, torch.zeros(2, dtype=DT))
+    exact = log_likelihood(fn, sde, x, rtol=1e-8, atol=1e-8)
+    est = log_likelihood(fn, sde, x, rtol=1e-8, atol=1e-8, n_probes=1)
+    assert float((est - exact).abs().max()) < 1e-9  # exact only with Rademacher probes
+    with pytest.raises(ValueError, match="'uniform'.*'gaussian', 'rademacher'"):
+        log_likelihood(fn, sde, x, n_probes=1, probe="uniform")

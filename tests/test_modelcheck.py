@@ -29,7 +29,7 @@ from scorefpe.modelcheck import (
     score_to_output,
     to_score_fn,
 )
-from scorefpe.sde import VESDE, VPSDE
+from scorefpe.sde import SubVPSDE, VESDE, VPSDE
 
 D64 = torch.float64
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -72,13 +72,23 @@ def g_x0(sde):
     return f
 
 
-@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def g_v(sde):
+    # v = a z - std x0 (Salimans & Ho 2022), so E[v | x] = a E[z | x] - std E[x0 | x]
+    def v(x, t):
+        a, std = sde.mean_coeff(t), sde.marginal_std(t)
+        return a[:, None] * g_eps(sde)(x, t) - std[:, None] * g_x0(sde)(x, t)
+    return v
+
+
+# subvp: a^2 + var != 1 and a != 1, so the general v formula is exercised beyond VP and VE.
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(), SubVPSDE()], ids=["vp", "ve", "subvp"])
 def test_conversions_exact_on_gaussian(sde):
     gen = torch.Generator().manual_seed(1)
     x = 2 * torch.randn(64, 3, generator=gen, dtype=D64)
     t = 1e-3 + (1 - 1e-3) * torch.rand(64, generator=gen, dtype=D64)
     s = g_score(sde)(x, t)
-    for param, model in (("score", g_score(sde)), ("eps", g_eps(sde)), ("x0", g_x0(sde))):
+    for param, model in (("score", g_score(sde)), ("eps", g_eps(sde)), ("x0", g_x0(sde)),
+                         ("v", g_v(sde)), ("epsilon", g_eps(sde)), ("v_prediction", g_v(sde))):
         got = to_score_fn(model, sde, param)(x, t)
         torch.testing.assert_close(got, s, rtol=1e-9, atol=1e-9 * float(s.abs().max()))
         # the inverse map reproduces the independent closed-form model output
@@ -93,14 +103,31 @@ def test_conversion_is_not_identity():
     x = torch.randn(8, 3, dtype=D64)
     t = torch.full((8,), 0.3, dtype=D64)
     assert not torch.allclose(to_score_fn(g_eps(sde), sde, "score")(x, t), g_score(sde)(x, t))
+    # v read as eps (the VP identity eps = a v + std x dropped) is not the score either
+    assert not torch.allclose(to_score_fn(g_v(sde), sde, "eps")(x, t), g_score(sde)(x, t), rtol=1e-3)
+
+
+def test_v_conversion_vp_is_diffusers_identity():
+    # For VP a^2 + var = 1, so eps = a v + std x and x0 = a x - std v (diffusers' v_prediction).
+    sde = VPSDE()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 3, generator=gen, dtype=D64)
+    t = 0.05 + 0.9 * torch.rand(16, generator=gen, dtype=D64)
+    a, std = sde.mean_coeff(t)[:, None], sde.marginal_std(t)[:, None]
+    v = g_v(sde)(x, t)
+    torch.testing.assert_close(a * v + std * x, g_eps(sde)(x, t), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a * x - std * v, g_x0(sde)(x, t), rtol=1e-9, atol=1e-12)
 
 
 def test_parse_param_rejects_unknown():
     assert parse_param("EPS") is Param.EPS
-    with pytest.raises(ValueError, match="'v'.*'score', 'eps', 'x0'"):
-        parse_param("v")
-    with pytest.raises(ValueError, match="'V'.*'score', 'eps', 'x0'"):  # named as given
-        parse_param("V")
+    assert parse_param("V") is Param.V
+    assert parse_param("epsilon") is Param.EPS and parse_param("Epsilon") is Param.EPS
+    assert parse_param("sample") is Param.X0 and parse_param("v_prediction") is Param.V
+    with pytest.raises(ValueError, match="'velocity'.*'score', 'eps', 'x0', 'v'.*'epsilon'"):
+        parse_param("velocity")
+    with pytest.raises(ValueError, match="'Vel'.*'score', 'eps', 'x0', 'v'"):  # named as given
+        parse_param("Vel")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +289,12 @@ def test_report_writers(tmp_path):
     assert len(lines) == 3 and lines[0].startswith("t,r_fp_mean")
     md = rep.to_markdown()
     assert "| t | r_FP" in md and "n_points: 5" in md
+    # renders as one table: the pipes of ||J||_F^2/D are escaped, every row has 1 + 9 cells
+    from test_docs_tables import gfm_cells, table_errors
+
+    assert "\\|\\|J\\|\\|_F^2/D" in md and table_errors(md) == []
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(rows) == 3 and {gfm_cells(ln) for ln in rows} == {1 + len(rep.quantities)}
     png = rep.plot(tmp_path / "r.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -473,3 +506,220 @@ def test_time_method_option_rejects_unknown():
     with pytest.raises(ValueError, match="'backward_euler'"):
         check_model(g_score(sde), sde, _std_normal(3), t_grid=[0.5], n_points=2,
                     time_method="backward_euler")
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype: check_model's default is the CLI's --dtype auto (the model's parameter dtype).
+# ---------------------------------------------------------------------------------------------
+class _Float32EpsNet(torch.nn.Module):
+    """A small float32 eps-predicting network (untrained: only the dtype handling is tested)."""
+
+    def __init__(self, d: int = 2) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = torch.nn.Linear(d + 1, d)
+        with torch.no_grad():
+            self.lin.weight.copy_(0.3 * torch.randn(d, d + 1, generator=g))
+
+    def forward(self, x, t):
+        return torch.tanh(self.lin(torch.cat([x, t[:, None]], 1)))
+
+
+def _doc_block(doc: Path, heading: str) -> str:
+    text = doc.read_text()
+    section = text.split(heading, 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_docs_api_example_runs_on_a_float32_network(tmp_path, monkeypatch, capsys):
+    # The "Python API" block of docs/modelcheck.md, executed as written on a float32 eps-net.
+    code = _doc_block(Path(__file__).resolve().parents[1] / "docs" / "modelcheck.md", "## Python API")
+    monkeypatch.chdir(tmp_path)
+    ns = {"my_eps_net": _Float32EpsNet().float(),
+          "sample_x0": lambda n, g=None: torch.randn(n, 2, generator=g)}
+    exec(compile(code, "docs/modelcheck.md", "exec"), ns)
+    rep = ns["report"]
+    assert rep.meta["dtype"] == "float32" and rep.meta["dim"] == 2
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| t | r_FP" in capsys.readouterr().out
+
+
+def test_check_model_dtype_default_follows_the_model():
+    sde = VPSDE()
+    net = _Float32EpsNet()
+    kw = dict(t_grid=[0.5], n_points=2, generator=torch.Generator().manual_seed(0))
+    x0 = _std_normal(2)
+    for param in ("eps", "x0", "v", "score"):  # through every to_score_fn wrapper
+        assert check_model(to_score_fn(net, sde, param), sde, x0, **kw).meta["dtype"] == "float32"
+    assert check_model(g_score(sde), sde, _std_normal(3), **kw).meta["dtype"] == "float64"
+    # a module with buffers but no parameters: the buffers' dtype
+    assert check_model(_RotNet(dtype=torch.float32), sde, x0, **kw).meta["dtype"] == "float32"
+    assert check_model(to_score_fn(net.double(), sde, "eps"), sde, x0, **kw).meta["dtype"] == "float64"
+    # an explicit dtype still wins, and a mismatch is named
+    with pytest.raises(ValueError, match="parameters are torch.float32: evaluate in that dtype"):
+        check_model(to_score_fn(_Float32EpsNet(), sde, "eps"), sde, x0, dtype=torch.float64, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.export programs (.pt2), and files that are neither a program nor TorchScript.
+# ---------------------------------------------------------------------------------------------
+LAM = 0.5
+
+
+class _RotNet(torch.nn.Module):
+    """s = (1 + t) (-I + lam R) x: ||J - J^T||_F^2 / 2 = 4 lam^2 (1 + t)^2 exactly."""
+
+    def __init__(self, dtype=D64, out_dtype=None) -> None:
+        super().__init__()
+        self.register_buffer("a", torch.tensor([[-1.0, -LAM], [LAM, -1.0]], dtype=dtype))
+        self.out_dtype = out_dtype
+
+    def forward(self, x, t):
+        s = (x @ self.a.T) * (1 + t[:, None])
+        return s if self.out_dtype is None else s.to(self.out_dtype)
+
+
+def _export(module, path, dynamic=True):
+    x = torch.randn(4, 2, dtype=module.a.dtype)
+    t = torch.rand(4, dtype=module.a.dtype)
+    b = torch.export.Dim("batch")
+    ds = {"x": {0: b}, "t": {0: b}} if dynamic else None
+    torch.export.save(torch.export.export(module.eval(), (x, t), dynamic_shapes=ds), str(path))
+    return path
+
+
+def test_exported_program_checks_like_the_module(tmp_path):
+    sde = VPSDE()
+    pt2 = _export(_RotNet(), tmp_path / "rot.pt2")
+    loaded = load_model(str(pt2))
+    kw = dict(t_grid=[0.1, 1.0], n_points=6, true_score_fn=None)
+    rep = check_model(loaded.model, sde, _std_normal(2), generator=torch.Generator().manual_seed(3), **kw)
+    ref = check_model(_RotNet(), sde, _std_normal(2), generator=torch.Generator().manual_seed(3), **kw)
+    for i, t in enumerate(rep.t):
+        assert rep.stats["asym"][i].mean == pytest.approx(4 * LAM**2 * (1 + t) ** 2, rel=1e-12)
+        for q in rep.quantities:  # same probe call, same points: the same numbers
+            assert rep.stats[q][i].mean == pytest.approx(ref.stats[q][i].mean, rel=1e-12, abs=1e-300)
+    # the same file under a .pt name, and in a run directory, is recognised by its contents
+    (tmp_path / "renamed.pt").write_bytes(pt2.read_bytes())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt2").write_bytes(pt2.read_bytes())
+    x, t = torch.randn(3, 2, dtype=D64), torch.rand(3, dtype=D64)
+    for spec in (tmp_path / "renamed.pt", run):
+        torch.testing.assert_close(load_model(str(spec)).model(x, t), _RotNet()(x, t))
+
+
+def test_cli_checks_an_exported_program(tmp_path):
+    pt2 = _export(_RotNet(), tmp_path / "rot.pt2")
+    out = tmp_path / "out"
+    res = _run(["--model", str(pt2), "--sde", "vp", "--data", "gmm2d", "--t-grid", "0.1:1:2",
+                "--n-points", "8", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    js = json.loads((out / "report.json").read_text())
+    for row in js["rows"]:
+        assert row["asym"]["mean"] == pytest.approx(4 * LAM**2 * (1 + row["t"]) ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "name,make,match",
+    [
+        ("m.pt2", lambda p: _export(_RotNet(), p, dynamic=False), "fixed batch size 4"),
+        ("m.pt2", lambda p: _export(_RotNet(out_dtype=torch.float32), p), "wrong dtype"),  # probe
+        ("m.pt", lambda p: torch.save(_RotNet().state_dict(), p), "holding a state_dict (1 entries: a)"),
+        ("m.pth", lambda p: torch.save({"model": _RotNet().state_dict(), "step": 3}, p),
+         "a checkpoint dict"),
+        ("m.pt", lambda p: torch.save(_RotNet(), p), "a pickled object"),
+        ("m.pt2", lambda p: p.write_bytes(b"not a zip archive"), "not a PyTorch archive"),
+    ],
+    ids=["static-batch", "wrong-dtype", "state-dict", "checkpoint", "pickled-module", "garbage"],
+)
+def test_cli_refuses_unusable_model_files(tmp_path, name, make, match):
+    f = tmp_path / name
+    make(f)
+    out = tmp_path / "out"
+    res = _run(["--model", str(f), "--data", "gmm2d", "--t-grid", "0.1:1:2", "--n-points", "4",
+                "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "Traceback" not in res.output
+    if match != "wrong dtype":  # a load error names the file; a probe error names the check
+        assert str(f) in res.output
+    if "state_dict" in match or "checkpoint" in match:
+        assert "file.py:factory" in res.output
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# check --model with --json / --plot (issue 18: every option honoured or refused)
+# ---------------------------------------------------------------------------------------------
+def test_cli_model_json_and_plot_are_written(tmp_path):
+    rot = f"{EXAMPLES / 'check_gaussian.py'}:rotated_score"
+    common = ["--model", rot, "--sde", "vp", "--data", "gmm2d", "--t-grid", "1e-3:1:3",
+              "--n-points", "8"]
+    js, png, out = tmp_path / "sub" / "r.json", tmp_path / "r.png", tmp_path / "out"
+    res = _run([*common, "--json", str(js), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {js}" in res.output and f"wrote {png}" in res.output
+    got = json.loads(js.read_text())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same report as --out's report.json (same seed): rows identical, Asym = 4 lam^2 = 1
+    assert _run([*common, "--out", str(out)]).exit_code == 0
+    ref = json.loads((out / "report.json").read_text())
+    assert got["rows"] == ref["rows"] and len(got["rows"]) == 3
+    assert all(r["asym"]["mean"] == pytest.approx(1.0, rel=1e-12) for r in got["rows"])
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--dataset", "gmm8"], "--dataset applies only to the battery"),
+        (["--t-min", "0.01", "--no-symbolic"], "--t-min, --no-symbolic apply only to the battery"),
+        (["--plot", "{tmp}/r.svg"], "must end in .png"),
+        (["--json", "{tmp}/afile/r.json"], "is a file, not a directory"),
+        (["--plot", "{tmp}/afile/r.png"], "is a file, not a directory"),
+    ],
+)
+def test_cli_model_refuses_options_it_cannot_honour(tmp_path, extra, match):
+    (tmp_path / "afile").write_text("a regular file")
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    res = _run(["--model", f"{EXAMPLES / 'check_gaussian.py'}:gaussian_score", "--data", "gmm2d",
+                "--t-grid", "0.1:1:2", "--n-points", "4", *extra])
+    assert res.exit_code == 2, res.output
+    assert match in res.output and "points per t" not in res.output  # refused before any work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_cli_battery_json_under_a_file_exit_2(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    res = _run(["--json", str(tmp_path / "afile" / "c.json")])
+    assert res.exit_code == 2 and "is a file, not a directory" in res.output
+    assert "scorefpe check:" not in res.output  # before the battery ran
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_cli_param_v_and_epsilon(tmp_path, sde_name):
+    # Exact v- and eps-predictors of gmm2d (closed-form score turned into each output): with the
+    # right --param the distance to the true score is round-off; read as another param it is not.
+    f = tmp_path / "vmodels.py"
+    f.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(EXAMPLES)!r})
+        from check_gaussian import gmm2d_score
+        from scorefpe.modelcheck import score_to_output
+
+        def v_net(sde):
+            return score_to_output(gmm2d_score(sde), sde, "v")
+
+        def eps_net(sde):
+            return score_to_output(gmm2d_score(sde), sde, "eps")
+        """))
+    dist = {}
+    for attr, param in (("v_net", "v"), ("eps_net", "epsilon"), ("v_net", "eps")):
+        out = tmp_path / f"{attr}_{param}.json"
+        res = _run(["--model", f"{f}:{attr}", "--param", param, "--sde", sde_name, "--data",
+                    "gmm2d", "--t-grid", "0.05:1:2", "--n-points", "4", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        js = json.loads(out.read_text())
+        dist[(attr, param)] = max(r["true_dist"]["mean"] for r in js["rows"])
+    for key in (("v_net", "v"), ("eps_net", "epsilon")):
+        assert dist[key] < 1e-20, (key, dist[key])
+    assert dist[("v_net", "eps")] > 1e-3

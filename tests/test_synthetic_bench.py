@@ -221,6 +221,18 @@ def test_cli_train_likelihood_curl(tmp_path):
     for k in ("nll", "nll_se", "true_nll", "gap", "gap_se", "nfe"):
         assert out[k] == pytest.approx(lib[k], rel=1e-12), k
     assert out["nll_se"] > 0 and out["gap_se"] > 0
+    # --hutchinson K --probe P reach the library (default probe: rademacher)
+    for probe_args, probe in (([], "rademacher"), (["--probe", "gaussian"], "gaussian")):
+        r = runner.invoke(main, ["likelihood", str(tmp_path / "run"), "--n", "8", "--rtol", "1e-3",
+                                 "--atol", "1e-3", "--seed", "5", "--hutchinson", "2", *probe_args,
+                                 "--json", str(tmp_path / "lik_h.json")])
+        assert r.exit_code == 0, r.output
+        got = json.loads((tmp_path / "lik_h.json").read_text())
+        lib = heldout_likelihood(model, sde, ds, t_min=cfg.t_min, n=8, dtype=torch.float32,
+                                 generator=torch.Generator().manual_seed(5), rtol=1e-3, atol=1e-3,
+                                 n_probes=2, probe=probe)
+        assert got["divergence"] == f"hutchinson K=2 {probe}"
+        assert got["nll"] == pytest.approx(lib["nll"], rel=1e-12)
     # Curl of the exact score, a gradient: float64 round-off only. For gmm2d under VP every
     # component of q_t has covariance I, so J = -I + w1 w2 a(t)^2 (m1 - m2)(m1 - m2)^T and
     # ||J|| <= 1 + |m1 - m2|^2 / 4 = 26; with ~10 rounding steps per entry the asymmetry

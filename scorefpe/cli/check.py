@@ -15,6 +15,32 @@ from scorefpe.cli.modelcheck import add_model_options, run_model_check, sde_from
 SDE_PARAMS = ("beta_min", "beta_max", "sigma_min", "sigma_max")
 
 
+# Options of the battery alone: given with --model they would do nothing, so they are refused.
+BATTERY_ONLY = ("dataset", "t_min", "no_symbolic")
+
+
+def _given(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    """The flags among ``names`` that the user gave (command line or environment)."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [flags[k] for k in names
+            if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)]
+
+
+def _check_output_file(path: str | None, hint: str) -> None:
+    """Refuse (exit 2), before any work, an output file whose folder cannot be made: a parent
+    path that is a regular file. A missing folder is created when the file is written."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise click.BadParameter(f"{path!r}: {str(parent)!r} is a file, not a directory",
+                                         param_hint=hint)
+            return
+
+
 def _model_only_given(ctx: click.Context, model_kw: dict) -> list[str]:
     """'--flag value' of each model-only option the user gave (command line or environment)."""
     flags = {p.name: p.opts[0] for p in ctx.command.params}
@@ -25,7 +51,9 @@ def _model_only_given(ctx: click.Context, model_kw: dict) -> list[str]:
 
 @click.command(epilog="Without --model, --beta-min/--beta-max (vp) and --sigma-min/--sigma-max "
                       "(ve) set the SDE of the battery; every other model option needs --model "
-                      "(given without it: exit 2).")
+                      "(given without it: exit 2), and --dataset/--t-min/--no-symbolic apply "
+                      "only without it. --json/--plot write the battery's or the model "
+                      "report's JSON/figure.")
 @click.option("--dataset", type=click.Choice(["gmm1d", "gmm2d", "gmm8"]), default="gmm2d",
               show_default=True, help="Closed-form data set whose score is the reference.")
 @click.option("--sde", "sde_name", type=click.Choice(["vp", "ve"]), default="vp", show_default=True)
@@ -33,9 +61,10 @@ def _model_only_given(ctx: click.Context, model_kw: dict) -> list[str]:
               default=1e-3, show_default=True, help="Smallest time checked (stencils stay above it).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write the results as JSON to this file.")
+              help="Write the results as JSON to this file (with --model: the model report).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True),
-              help="Write a PNG figure of the convergence and estimator checks.")
+              help="Write a PNG figure of the convergence and estimator checks (with --model: "
+                   "the report's panels over t).")
 @click.option("--no-symbolic", is_flag=True,
               help="Skip the sympy cross-check section (it uses the SDE's default parameters).")
 @add_model_options(skip=("sde", "seed"))
@@ -44,8 +73,27 @@ def check(ctx: click.Context, dataset: str, sde_name: str, t_min: float, seed: i
           json_path: str | None, plot_path: str | None, no_symbolic: bool, **model_kw) -> None:
     """Check the score-FPE operators against closed-form scores (exit 0 if all pass, 1 if not),
     or, with --model, report how far a user's score model is from the score FPE."""
+    if plot_path is not None and not plot_path.lower().endswith(".png"):
+        raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")
+    _check_output_file(json_path, "--json")
+    _check_output_file(plot_path, "--plot")
     if model_kw["model"] is not None:
-        run_model_check(sde=sde_name, seed=seed, **model_kw)
+        battery = _given(ctx, BATTERY_ONLY)
+        if battery:
+            verb = "applies" if len(battery) == 1 else "apply"
+            raise click.UsageError(f"{', '.join(battery)} {verb} only to the battery (without "
+                                   "--model); a model check takes its points from --data")
+        from scorefpe._util import atomic_write_text
+
+        # --json / --plot write the model report's JSON / figure (the same content as
+        # report.json / report.png under --out), after everything was computed.
+        report = run_model_check(sde=sde_name, seed=seed, **model_kw)
+        if plot_path:
+            report.plot(plot_path)
+            click.echo(f"wrote {plot_path}")
+        if json_path:
+            atomic_write_text(json_path, report.to_json())
+            click.echo(f"wrote {json_path}")
         return
     given = _model_only_given(ctx, model_kw)
     if given:
@@ -55,8 +103,6 @@ def check(ctx: click.Context, dataset: str, sde_name: str, t_min: float, seed: i
     from scorefpe._util import atomic_write_text
     from scorefpe.validation.battery_report import format_table, plot_battery, to_json
 
-    if plot_path is not None and not plot_path.lower().endswith(".png"):
-        raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")
     sde = sde_from_options(sde_name, {k: model_kw[k] for k in SDE_PARAMS})
     t0 = time.perf_counter()
     try:

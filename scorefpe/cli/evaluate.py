@@ -96,6 +96,9 @@ def sample(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_siz
 @click.option("--nll-n", type=click.IntRange(min=0), default=16, show_default=True,
               help="Test images for the bits/dim estimate (0 skips it).")
 @click.option("--nll-probes", type=int, default=1, show_default=True, callback=positive_int)
+@click.option("--nll-probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher",
+              show_default=True, help="Hutchinson probe distribution of the NLL (Rademacher: "
+                                      "lower variance).")
 @click.option("--nll-tol", type=FiniteFloat(min=0, min_open=True), default=1e-5,
               show_default=True, help="rtol = atol of the likelihood ODE.")
 @click.option("--diag-points", type=int, default=32, show_default=True, callback=positive_int,
@@ -104,7 +107,7 @@ def sample(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_siz
               help="Times on the log grid 1e-4..1.")
 @click.option("--no-diagnostics", is_flag=True, help="Skip the diagnostics figure.")
 def evaluate(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_size: int,
-             t_min: float, k: int, nll_n: int, nll_probes: int, nll_tol: float,
+             t_min: float, k: int, nll_n: int, nll_probes: int, nll_probe: str, nll_tol: float,
              diag_points: int, diag_n_t: int, no_diagnostics: bool) -> None:
     """Evaluate RUN_DIR: LeNet FID, density/coverage, entropy, NLL (bits/dim), time per epoch.
 
@@ -115,7 +118,8 @@ def evaluate(run_dir: Path, n: int, sampler: str, steps: int, seed: int, batch_s
 
     scfg = _sample_config(n, sampler, steps, seed, batch_size, t_min)
     try:
-        cfg = EvalConfig(sample=scfg, k=k, nll_n=nll_n, nll_probes=nll_probes, nll_rtol=nll_tol,
+        cfg = EvalConfig(sample=scfg, k=k, nll_n=nll_n, nll_probes=nll_probes, nll_probe=nll_probe,
+                         nll_rtol=nll_tol,
                          nll_atol=nll_tol, diagnostics=not no_diagnostics,
                          diag_points=diag_points, diag_n_t=diag_n_t)
         res = evaluate_run(run_dir, cfg, progress=True,

@@ -96,8 +96,9 @@ def model_options(skip: tuple[str, ...] = ()) -> list[Callable]:
     command already has (e.g. ("sde", "seed") when `check` defines --sde and --seed itself)."""
     opts = {
         "model": click.option("--model", "model", default=None, metavar="SPEC",
-                              help="MODULE:ATTR, path/to/file.py:ATTR, FILE.pt (TorchScript) or "
-                                   "a run directory; a score_fn(x, t), nn.Module or factory."),
+                              help="MODULE:ATTR, path/to/file.py:ATTR, FILE.pt2 (torch.export), "
+                                   "FILE.pt (TorchScript) or a run directory; a score_fn(x, t), "
+                                   "nn.Module or factory. Runs that code."),
         "sde": click.option("--sde", "sde", type=click.Choice(list(SDES)),
                             default="vp", show_default=True),
         "beta_min": click.option("--beta-min", type=float, default=None, help="VP beta_min."),
@@ -105,7 +106,8 @@ def model_options(skip: tuple[str, ...] = ()) -> list[Callable]:
         "sigma_min": click.option("--sigma-min", type=float, default=None, help="VE sigma_min."),
         "sigma_max": click.option("--sigma-max", type=float, default=None, help="VE sigma_max."),
         "param": click.option("--param", default="score", show_default=True,
-                              help="Model output: score | eps | x0."),
+                              help="Model output: score | eps | x0 | v (aliases: epsilon, "
+                                   "sample, v_prediction)."),
         "data": click.option("--data", default=None,
                              help="x0 source: gmm1d/gmm2d/gmm8/checkerboard/swissroll, mnist, or "
                                   "FILE.npy; default: the model's own samples (needs --shape)."),

@@ -118,6 +118,8 @@ def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps
 @click.option("--method", type=ODE_CHOICE, default="RK45", show_default=True)
 @click.option("--hutchinson", "n_probes", type=click.IntRange(min=1), default=None,
               help="Use Hutchinson with this many fixed probes instead of the exact divergence.")
+@click.option("--probe", type=click.Choice(["rademacher", "gaussian"]), default="rademacher",
+              show_default=True, help="Hutchinson probe distribution (Rademacher: lower variance).")
 @click.option("--seed", type=click.IntRange(min=0), default=1234, show_default=True)
 @click.option("--ema", is_flag=True,
               help="Use the EMA weights (default: the raw weights; an EMA of decay 0.999 still "
@@ -126,7 +128,7 @@ def train_synthetic(dataset, sde_name, penalty, alpha, beta, omega, m_pow, steps
               help="Write results here.")
 @threads_option
 @old_spelling("--n", "--n-points", "n_points", type=click.IntRange(min=2))
-def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_path) -> None:
+def likelihood(run_dir, n_points, rtol, atol, method, n_probes, probe, seed, ema, json_path) -> None:
     """NLL of a synthetic run's model by the probability-flow ODE, and its gap to the true NLL."""
     import torch
 
@@ -136,10 +138,10 @@ def likelihood(run_dir, n_points, rtol, atol, method, n_probes, seed, ema, json_
     try:
         res = heldout_likelihood(model, sde, ds, t_min=cfg.t_min, n=n_points, dtype=torch.float32,
                                  generator=torch.Generator().manual_seed(seed), rtol=rtol,
-                                 atol=atol, method=method, n_probes=n_probes)
+                                 atol=atol, method=method, n_probes=n_probes, probe=probe)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
-    divergence = "exact" if n_probes is None else f"hutchinson K={n_probes}"
+    divergence = "exact" if n_probes is None else f"hutchinson K={n_probes} {probe}"
     out = {"run_dir": str(run_dir), "weights": "ema" if ema else "raw", "n": n_points,
            "rtol": rtol, "atol": atol, "method": method, "divergence": divergence,
            "nfe": res["nfe"], "seconds": res["seconds"], "nll": res["nll"],

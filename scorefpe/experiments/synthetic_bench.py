@@ -293,6 +293,7 @@ def heldout_likelihood(
     atol: float = 1e-5,
     method: str = "RK45",
     n_probes: int | None = None,
+    probe: str = "rademacher",
 ) -> dict[str, Any]:
     """NLL of held-out points by the probability-flow ODE, and its gap to the true NLL.
 
@@ -307,7 +308,7 @@ def heldout_likelihood(
                       unbiased estimate of KL(q_{t_min} || p_{t_min}) (None without a closed form);
         nfe, seconds  right-hand-side evaluations of the ODE solve and its wall time.
     Cost: one ODE solve of n points, nfe divergences (D JVPs each with the exact divergence,
-    ``n_probes`` JVPs with Hutchinson). Error: the solver's (rtol, atol) per step plus, for the
+    ``n_probes`` VJPs with Hutchinson, ``probe`` 'rademacher' or 'gaussian'). Error: the solver's (rtol, atol) per step plus, for the
     gap, log q_T - log prior at x(T), i.e. KL(q_T || prior) on average.
 
     Raises:
@@ -322,7 +323,7 @@ def heldout_likelihood(
     res = probability_flow_likelihood(
         score_fn, sde, x.to(dtype), t_min=t_min, rtol=rtol, atol=atol, method=method,
         divergence="exact" if n_probes is None else "hutchinson", n_probes=n_probes or 1,
-        generator=generator)
+        probe=probe, generator=generator)
     out: dict[str, Any] = {
         "nll": float(-res.log_prob.mean()),
         "nll_se": float(res.log_prob.std() / math.sqrt(n)),

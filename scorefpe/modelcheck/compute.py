@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 
 from scorefpe import operators as ops
-from scorefpe.modelcheck.loading import probe_model
+from scorefpe.modelcheck.loading import model_dtype, probe_model
 from scorefpe.modelcheck.report import ModelReport, Stat
 from scorefpe.residuals import Spacing, time_grid
 from scorefpe.sde import SDE, bcast
@@ -147,7 +147,7 @@ def check_model(
     true_score_fn: ScoreFn | None = None,
     compute_dsm: bool = True,
     batch_size: int = 64,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
     time_method: str | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -161,6 +161,9 @@ def check_model(
         sde: the forward SDE (supplies f, g, a(t), std(t)).
         sample_x0: ``sample_x0(n, generator) -> (n, ...)`` draws of x(0) (data, or the model's
             own samples); cast to ``dtype``/``device`` here.
+        dtype: evaluation dtype. None (default, the CLI's ``--dtype auto``): the dtype of the
+            model's floating-point parameters, looking through `to_score_fn` wrappers (any
+            callable that sets ``__wrapped__``), else float64 for a parameter-free callable.
         t_grid: times in (0, T], increasing. The finite-difference d_t s of the estimated mode
             stays in [min(t_grid), T].
         n_points: points per t (>= 2 for a standard error). n_probes: Hutchinson probes per
@@ -199,6 +202,8 @@ def check_model(
             f"unknown mode {mode!r}; choose one of {[c.value for c in CheckMode]}"
         ) from None
 
+    if dtype is None:
+        dtype = model_dtype(score_fn)
     x_probe = sample_x0(min(4, n_points), generator).to(dtype=dtype, device=device)
     if x_probe.dim() < 2:
         raise ValueError(f"sample_x0 must return (n, ...) with a feature axis, got {tuple(x_probe.shape)}")

@@ -4,7 +4,10 @@ Specs understood by `load_model`:
 
 - ``package.module:ATTR`` - an importable module and an attribute of it;
 - ``path/to/file.py:ATTR`` - a Python file (imported under a private module name);
-- ``FILE.pt`` / ``FILE.pth`` - a TorchScript module (``torch.jit.save``);
+- ``FILE.pt2`` / ``FILE.pt`` / ``FILE.pth`` - a ``torch.export`` program (``torch.export.save``)
+  or a TorchScript module (``torch.jit.save``), told apart by the archive's contents, not by
+  the file name. A plain ``torch.save`` file (a state_dict or checkpoint) holds no code and is
+  refused with a pointer to the ``file.py:factory`` route;
 - ``RUN_DIR`` - a run directory, through the run-directory hook (`load_run_dir`).
 
 ``ATTR`` may name a ``score_fn(x, t)`` callable, an ``nn.Module`` instance, or a factory (a
@@ -14,7 +17,12 @@ called once (with ``sde=`` if it accepts it) and must return a model.
 Run-directory hook (`load_run_dir`): a directory with ``config.json`` (as `scorefpe train` writes
 it) is loaded by ``scorefpe.training.load_run(run_dir)``, which must return ``(model, sde, ...)``
 or an object with ``.model`` and ``.sde``; the run's SDE then replaces ``--sde``. A directory
-with only ``model.pt`` (TorchScript) is loaded with the SDE from ``--sde``.
+with only ``model.pt2`` or ``model.pt`` (torch.export / TorchScript) is loaded with the SDE from
+``--sde``.
+
+Loading a Python file or module runs the user's code, with the user's permissions (as importing
+it would); so does a TorchScript or exported program when it is called. A ``torch.save`` pickle
+is never unpickled beyond ``torch.load(weights_only=True)``, which only describes it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,11 +49,13 @@ __all__ = ["LoadedModel", "load_model", "load_run_dir", "probe_model", "model_dt
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A loaded model: the callable, where it came from, and an SDE if the source fixed one."""
+    """A loaded model: the callable, where it came from, an SDE if the source fixed one, and the
+    x0 source it was trained on (a ``--data`` value such as "mnist") where a run directory says."""
 
     model: ScoreFn
     source: str
     sde: SDE | None = None
+    data: str | None = None
 
 
 def _import_file(path: Path) -> Any:
@@ -114,8 +125,9 @@ def load_run_dir(run_dir: str | Path, sde: SDE | None = None) -> LoadedModel:
 
     Order: a directory with ``config.json`` (the `scorefpe train` format) goes to
     ``scorefpe.training.load_run(run_dir)`` (returning ``(model, sde, ...)`` or an object with
-    ``.model``/``.sde``); a directory with only ``model.pt`` loads that TorchScript module with the
-    caller's ``sde``.
+    ``.model``/``.sde``, optionally its config third / as ``.config``: an MNIST run's config sets
+    ``LoadedModel.data = "mnist"``); a directory with only ``model.pt2`` / ``model.pt`` loads that
+    program with the caller's ``sde``.
 
     Raises:
         ValueError: not a directory, or nothing loadable in it.
@@ -123,7 +135,7 @@ def load_run_dir(run_dir: str | Path, sde: SDE | None = None) -> LoadedModel:
     path = Path(run_dir)
     if not path.is_dir():
         raise ValueError(f"--model: run directory {str(path)!r} does not exist")
-    script = path / "model.pt"
+    script = next((path / n for n in ("model.pt2", "model.pt") if (path / n).is_file()), path / "model.pt")
     hook = None
     if (path / "config.json").is_file() or not script.is_file():
         try:
@@ -141,24 +153,126 @@ def load_run_dir(run_dir: str | Path, sde: SDE | None = None) -> LoadedModel:
             ) from err
         if isinstance(got, tuple):
             model, run_sde = got[0], got[1]
+            config = got[2] if len(got) > 2 else None
         else:
             model, run_sde = got.model, getattr(got, "sde", None)
-        return LoadedModel(_resolve(model, str(path), run_sde or sde), str(path), run_sde)
+            config = getattr(got, "config", None)
+        return LoadedModel(_resolve(model, str(path), run_sde or sde), str(path), run_sde,
+                           _run_data(config))
     if script.is_file():
-        return LoadedModel(_load_script(script), str(path), None)
+        return LoadedModel(_load_program(script), str(path), None)
     raise ValueError(
-        f"--model: run directory {str(path)!r} has no model.pt and scorefpe.training.load_run "
-        "is not available"
+        f"--model: run directory {str(path)!r} has no model.pt2 or model.pt and "
+        "scorefpe.training.load_run is not available"
     )
 
 
-def _load_script(path: Path) -> ScoreFn:
+def _run_data(config: Any) -> str | None:
+    """The ``--data`` value of the data a run trained on, from its config.json ("task": "mnist"
+    -> "mnist"); None when the config does not say."""
+    if isinstance(config, dict) and config.get("task") == "mnist":
+        return "mnist"
+    return None
+
+
+_SAVE_HELP = (
+    "save the model with torch.export.save(torch.export.export(model.eval(), (x, t), "
+    "dynamic_shapes=...), 'model.pt2') or torch.jit.save(torch.jit.script(model), 'model.pt'), "
+    "or pass --model file.py:factory where factory() builds the network and loads its weights"
+)
+
+
+def _archive_kind(path: Path) -> str:
+    """'export', 'torchscript', 'pickle' (a torch.save zip) or 'unknown', from the zip's member
+    names only (nothing is unpickled or run)."""
     try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "unknown"
+    tails = {n.split("/", 1)[1] if "/" in n else n for n in names}
+    if "archive_format" in tails:
+        return "export"
+    if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
+        return "torchscript"
+    if "data.pkl" in tails:
+        return "pickle"
+    return "unknown"
+
+
+def _describe_pickle(path: Path) -> str:
+    """What a torch.save file holds, read with the restricted unpickler (weights_only=True)."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return ("a pickled object (e.g. torch.save(model)), which is not unpickled here since "
+                "that can run arbitrary code")
+    if isinstance(obj, dict):
+        keys = [str(k) for k in list(obj)[:3]]
+        more = ", ..." if len(obj) > 3 else ""
+        kind = "a state_dict" if all(isinstance(v, torch.Tensor) for v in obj.values()) else "a checkpoint dict"
+        return f"{kind} ({len(obj)} entries: {', '.join(keys)}{more})"
+    return f"a {type(obj).__name__}, not a model"
+
+
+def _load_exported(path: Path) -> ScoreFn:
+    """The callable module of a torch.export program (``ep.module()``), checked for a forward
+    with two inputs (x, t) whose batch axis is dynamic: the operators call it on batches
+    replicated once per probe or basis direction, so a fixed batch size cannot work."""
+    try:
+        with open(path, "rb") as fh:  # a buffer, so the program loads whatever the file is named
+            ep = torch.export.load(fh)
+    except Exception as err:
+        raise ValueError(
+            f"--model: {str(path)!r} is not a readable torch.export program "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    inputs = list(ep.graph_signature.user_inputs)
+    if len(inputs) != 2:
+        raise ValueError(
+            f"--model: the program in {str(path)!r} takes {len(inputs)} inputs {inputs}; "
+            "expected forward(x, t)"
+        )
+    nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    for name in inputs:
+        val = nodes[name].meta.get("val") if name in nodes else None
+        shape = getattr(val, "shape", None)
+        if shape is not None and len(shape) > 0 and isinstance(shape[0], int):
+            raise ValueError(
+                f"--model: the program in {str(path)!r} was exported with a fixed batch size "
+                f"{shape[0]} (input {name!r}); export it with a dynamic batch axis: "
+                "b = torch.export.Dim('batch'); torch.export.export(model, (x, t), "
+                "dynamic_shapes={'x': {0: b}, 't': {0: b}})"
+            )
+    # No .eval(): an exported program fixed its train/eval behaviour when it was exported.
+    return ep.module()
+
+
+def _load_program(path: Path) -> ScoreFn:
+    """A torch.export program or a TorchScript module from ``path``; ValueError otherwise, naming
+    the file and, for a state_dict, the file.py:factory route."""
+    kind = _archive_kind(path)
+    if kind == "export":
+        return _load_exported(path)
+    if kind == "pickle":
+        raise ValueError(
+            f"--model: {str(path)!r} is a torch.save file holding {_describe_pickle(path)}, "
+            "not a program that can be called (it has no network code): write path/to/file.py with "
+            "def factory(): net = MyNet(); net.load_state_dict(torch.load(...)); return net, "
+            "and pass --model path/to/file.py:factory"
+        )
+    if kind == "unknown":
+        raise ValueError(
+            f"--model: {str(path)!r} is not a torch.export program or a TorchScript module "
+            f"(not a PyTorch archive); {_SAVE_HELP}"
+        )
+    try:
+        # torch 2.13 warns that torch.jit.load is deprecated; the warning is left visible (docs).
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:
         raise ValueError(
-            f"--model: {str(path)!r} is not a TorchScript module ({type(err).__name__}: {err}); "
-            "save one with torch.jit.save(torch.jit.script(model), path)"
+            f"--model: {str(path)!r} is not a loadable TorchScript module "
+            f"({type(err).__name__}: {err}); {_SAVE_HELP}"
         ) from err
     module.eval()
     return module
@@ -171,15 +285,17 @@ def load_model(spec: str, sde: SDE | None = None) -> LoadedModel:
 
     Raises:
         ValueError: the message names the spec and what is wrong (missing file or module, missing
-            attribute, import error, not a callable, not TorchScript).
+            attribute, import error, not a callable, not a TorchScript or torch.export program,
+            a state_dict without code).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("--model: empty model spec")
     path = Path(spec)
-    if spec.endswith((".pt", ".pth")) and ":" not in path.name:
+    if spec.endswith((".pt", ".pth", ".pt2")) and ":" not in path.name:
         if not path.is_file():
-            raise ValueError(f"--model: TorchScript file {spec!r} does not exist")
-        return LoadedModel(_load_script(path), spec, None)
+            what = "directory, not a file" if path.is_dir() else "does not exist"
+            raise ValueError(f"--model: model file {spec!r} {what}")
+        return LoadedModel(_load_program(path), spec, None)
     if ":" not in spec:
         if path.is_dir():
             return load_run_dir(path, sde)
@@ -213,11 +329,17 @@ def load_model(spec: str, sde: SDE | None = None) -> LoadedModel:
 
 
 def model_dtype(model: Any, default: torch.dtype = torch.float64) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter, else ``default``."""
+    """The dtype of the model's first floating-point parameter, else of its first floating-point
+    buffer, else ``default``.
+
+    Wrappers that set ``__wrapped__`` (`to_score_fn`, ``functools.wraps``) are looked through,
+    so ``model_dtype(to_score_fn(net, sde, "eps"))`` is the dtype of ``net``."""
+    model = inspect.unwrap(model) if callable(model) else model
     if isinstance(model, nn.Module):
-        for p in model.parameters():
-            if p.is_floating_point():
-                return p.dtype
+        for tensors in (model.parameters(), model.buffers()):
+            for p in tensors:
+                if p.is_floating_point():
+                    return p.dtype
     return default
 
 
@@ -234,9 +356,12 @@ def probe_model(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
         with torch.no_grad():
             out = score_fn(x, t)
     except Exception as err:
+        own = model_dtype(score_fn, x.dtype)
+        hint = (f" (the model's parameters are {own}: evaluate in that dtype, --dtype auto / "
+                "dtype=None)") if own != x.dtype else ""
         raise ValueError(
             f"model call failed on a probe batch x of shape {tuple(x.shape)}, dtype {x.dtype}, "
-            f"t of shape {tuple(t.shape)}: {type(err).__name__}: {err}"
+            f"t of shape {tuple(t.shape)}: {type(err).__name__}: {err}{hint}"
         ) from err
     if not isinstance(out, Tensor):
         raise ValueError(f"model output must be a torch.Tensor, got {type(out).__name__}")
@@ -248,7 +373,8 @@ def probe_model(score_fn: ScoreFn, x: Tensor, t: Tensor) -> Tensor:
     if out.dtype != x.dtype:
         raise ValueError(
             f"model output has wrong dtype {out.dtype}; expected the input's dtype {x.dtype} "
-            "(choose --dtype to match the model)"
+            "(evaluate in the model's dtype: --dtype auto or float32/float64; dtype=None or the "
+            "model's dtype in check_model)"
         )
     if out.device != x.device:
         raise ValueError(

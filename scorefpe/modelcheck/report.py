@@ -54,6 +54,12 @@ class Stat:
         return self.lo <= value <= self.hi
 
 
+def _md_cell(text: str) -> str:
+    """Text for a GitHub-flavoured markdown table cell: ``|`` escaped as ``\\|`` (else
+    ``||J||_F^2/D`` splits the row into extra cells)."""
+    return str(text).replace("|", "\\|")
+
+
 def _num(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
@@ -111,9 +117,10 @@ class ModelReport:
         return buf.getvalue()
 
     def table(self) -> str:
-        """The markdown table alone: one row per t, ``mean ± 1.96 SE`` per quantity."""
+        """The markdown table alone: one row per t, ``mean ± 1.96 SE`` per quantity (GFM; the
+        ``|`` inside column labels escaped)."""
         qs = self.quantities
-        lines = ["| t | " + " | ".join(QUANTITIES[q][0] for q in qs) + " |"]
+        lines = ["| t | " + " | ".join(_md_cell(QUANTITIES[q][0]) for q in qs) + " |"]
         lines.append("|" + "---|" * (len(qs) + 1))
         for i, t in enumerate(self.t):
             cells = [f"{self.stats[q][i].mean:.3e} ± {Z95 * self.stats[q][i].se:.1e}" for q in qs]

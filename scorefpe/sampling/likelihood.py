@@ -9,10 +9,22 @@ dx/dt = f~ from x(t_min) = x up to T,
 p_T is the SDE's prior N(0, prior_std^2 I) unless another ``prior_log_prob`` is given (a test
 can pass the exact q_T, and then the ODE reproduces log q_{t_min} up to the solver tolerance).
 The result is the density at t_min (not at 0): for a model trained on t in [t_min, T] that is
-the density it defines. div_x s comes from `scorefpe.operators.divergence` (exact: D JVPs per
-right-hand-side evaluation, for low D; or Hutchinson with probes held fixed over one solve, as
-FFJORD does: a probe redrawn at every evaluation would make the right-hand side random and the
-adaptive solver meaningless).
+the density it defines. div_x s comes from `scorefpe.operators.score_and_divergence` (exact:
+D VJPs per right-hand-side evaluation, for low D; or Hutchinson with probes held fixed over one
+solve, as FFJORD does: a probe redrawn at every evaluation would make the right-hand side random
+and the adaptive solver meaningless).
+
+Hutchinson probes. With the probes v fixed over a solve and the path x(t) independent of them,
+the estimate of the integral is int 1/2 g^2 v^T J v dt = v^T M v with M = int 1/2 g^2 J dt along
+the path, so log p_hat - log p = tr M - v^T M v: unbiased for both probe kinds
+(E[v v^T] = I), with variance per point (the operators' formulas, `docs/operators.md`)
+
+    Gaussian v ~ N(0, I):      2 ||M_sym||_F^2 / K
+    Rademacher v_i = +-1:      2 (||M_sym||_F^2 - sum_i M_ii^2) / K,   M_sym = (M + M^T) / 2.
+
+Rademacher is never worse and is the default: it drops the diagonal's share of the variance
+(for a diagonal M it is exact); Gaussian stays available (``probe="gaussian"``), e.g. to
+reproduce numbers computed with it.
 
 The solver is `scipy.integrate.solve_ivp` on the whole batch flattened to one float64 vector:
 one step size is shared by the batch, so at loose tolerances a point's value depends slightly
@@ -30,8 +42,8 @@ from scipy.integrate import solve_ivp
 
 from scorefpe import operators
 from scorefpe._util import parse_choice
+from scorefpe.operators import DivergenceMethod, Probe
 from scorefpe.sampling.samplers import ODE_METHODS, check_ode_options
-from scorefpe.operators import DivergenceMethod
 from scorefpe.sde import SDE, bcast
 
 Tensor = torch.Tensor
@@ -78,6 +90,7 @@ def probability_flow_likelihood(
     method: str = "RK45",
     divergence: DivergenceMethod | str = DivergenceMethod.EXACT,
     n_probes: int = 1,
+    probe: Probe | str = Probe.RADEMACHER,
     generator: torch.Generator | None = None,
     prior_log_prob: Callable[[Tensor], Tensor] | None = None,
     batch_size: int | None = None,
@@ -90,10 +103,12 @@ def probability_flow_likelihood(
         t_min: start time of the ODE (the model's smallest training time).
         rtol, atol: solve_ivp tolerances on the joint state (x, integral).
         method: 'RK45' (Dormand-Prince 5(4)), 'RK23' or 'DOP853'.
-        divergence: 'exact' (D JVPs per evaluation, error: round-off) or 'hutchinson'
-            (n_probes Gaussian probes held fixed for the whole solve, n_probes JVPs per
-            evaluation). The path x(t) does not depend on the probes, so the estimate is unbiased
-            with variance 2 ||M_sym||_F^2 / n_probes, M = int 1/2 g^2 J(x(t), t) dt.
+        divergence: 'exact' (D VJPs per evaluation, error: round-off) or 'hutchinson'
+            (n_probes probes held fixed for the whole solve, n_probes VJPs per evaluation). The
+            path x(t) does not depend on the probes, so the estimate is unbiased.
+        probe: Hutchinson probe distribution, 'rademacher' (default) or 'gaussian'; variance
+            per point 2 (||M_sym||_F^2 - sum_i M_ii^2) / n_probes and 2 ||M_sym||_F^2 / n_probes,
+            M = int 1/2 g^2 J(x(t), t) dt (module docstring). Unused when exact.
         generator: draws the Hutchinson probes (unused when exact; None: torch's global RNG).
         prior_log_prob: log p_T; default ``sde.prior_log_prob``.
         batch_size: solve in chunks of this many points (None: one solve).
@@ -107,6 +122,7 @@ def probability_flow_likelihood(
     """
     _check_args(sde, x, t_min, rtol, atol, method, batch_size)
     div_method = parse_choice(DivergenceMethod, divergence, "divergence method")
+    probe_kind = parse_choice(Probe, probe, "probe")
     if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
         raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
     prior = prior_log_prob if prior_log_prob is not None else sde.prior_log_prob
@@ -131,7 +147,8 @@ def probability_flow_likelihood(
             tt = torch.full((_b,), float(t), dtype=dtype, device=device)
             gen = torch.Generator(device=device).manual_seed(_seed)
             s, div_s = operators.score_and_divergence(
-                score_fn, xt, tt, method=div_method, n_probes=n_probes, generator=gen)
+                score_fn, xt, tt, method=div_method, n_probes=n_probes, probe=probe_kind,
+                generator=gen)
             g2 = sde.diffusion(tt) ** 2
             dx = sde.drift(xt, tt) - 0.5 * bcast(g2, xt) * s
             ddelta = sde.div_drift(xt, tt) - 0.5 * g2 * div_s
@@ -165,10 +182,12 @@ def log_likelihood(
     atol: float = 1e-5,
     method: str = "RK45",
     n_probes: int | None = None,
+    probe: Probe | str = Probe.RADEMACHER,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """log p_{t_min}(x), shape (B,), float64: `probability_flow_likelihood` with the exact
-    divergence when ``n_probes`` is None, else Hutchinson with ``n_probes`` fixed Gaussian probes.
+    divergence when ``n_probes`` is None, else Hutchinson with ``n_probes`` fixed probes of the
+    kind ``probe`` (Rademacher by default: lower variance, see the module docstring).
     Use `probability_flow_likelihood` to also get nfe and the prior / integral parts.
 
     Raises:
@@ -177,6 +196,6 @@ def log_likelihood(
     res = probability_flow_likelihood(
         score_fn, sde, x, t_min=t_min, rtol=rtol, atol=atol, method=method,
         divergence="exact" if n_probes is None else "hutchinson",
-        n_probes=1 if n_probes is None else n_probes, generator=generator,
+        n_probes=1 if n_probes is None else n_probes, probe=probe, generator=generator,
     )
     return res.log_prob
