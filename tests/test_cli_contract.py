@@ -99,11 +99,24 @@ def _workspace(tmp: Path, setup: str | None) -> dict[str, str]:
         (_truncate if kind == "trunc" else _flip_bit)(path)
     return {"F": str(f), "D": str(tmp / "dir"), "N": str(tmp / "new"), "R": str(run),
             "S": str(syn), "SC": str(sc), "C": str(cau), "E": str(ev), "EK": str(ek),
-            "X": str(other), "W": str(w), "CACHE": str(cache)}
+            "X": str(other), "W": str(w), "CACHE": str(cache),
+            "REPO": str(Path(__file__).resolve().parents[1])}
 
 
 # (id, arguments with {placeholders}, text the error line must contain, IDX setup or None)
 CASES = [
+    # check (the battery, and --model: a user's score model)
+    ("check-dataset-unknown", "check --dataset gmm9", "gmm9", None),
+    ("check-sde-unknown", "check --sde sub", "sub", None),
+    ("check-t-min-nan", "check --t-min nan", "nan", None),
+    ("check-seed-negative", "check --seed -1", "--seed", None),
+    ("check-json-under-file", "check --json {F}/r.json", "plain.txt", None),
+    ("check-plot-suffix", "check --plot {N}.jpg", "new.jpg", None),
+    ("check-model-missing", "check --model {N}.py:score --sde vp --data gmm2d", "new.py", None),
+    ("check-model-not-a-model", "check --model {W} --sde vp --data gmm2d", "lenet.pt", None),
+    ("check-model-run-corrupt", "check --model {R} --sde vp --data gmm2d", "checkpoint", None),
+    ("check-model-out-under-file", "check --model {REPO}/examples/check_gaussian.py:rotated_score --sde vp "
+     "--data gmm2d --out {F}/rep", "plain.txt", None),
     # derive
     ("derive-dim-0", "derive --sde vp --dim 0", "0", None),
     ("derive-dim-text", "derive --sde vp --dim two", "two", None),
@@ -165,6 +178,7 @@ CASES = [
     ("lik-corrupt-checkpoint", "likelihood {S}", "checkpoint.pt", None),
     ("lik-corrupt-config", "likelihood {SC}", "config.json", None),
     ("lik-not-synthetic", "likelihood {R}", "not a synthetic run", None),
+    ("lik-probe-unknown", "likelihood {S} --hutchinson 2 --probe sphere", "sphere", None),
     # curl
     ("curl-n-t-one", "curl {S} --n-t 1", "--n-t", None),
     ("curl-n-points-zero", "curl {S} --n-points 0", "--n-points", None),
@@ -221,6 +235,7 @@ CASES = [
     ("eval-k-zero", "eval {R} --k 0", "--k", None),
     ("eval-nll-n-negative", "eval {R} --nll-n -1", "--nll-n", None),
     ("eval-diag-n-t-one", "eval {R} --diag-n-t 1", "--diag-n-t", None),
+    ("eval-nll-probe-unknown", "eval {R} --nll-probe sphere", "sphere", None),
     # report
     ("report-dir-missing", "report {N}", "new", None),
     ("report-dir-is-file", "report {F}", "plain.txt", None),
@@ -285,7 +300,15 @@ def test_the_table_is_large_and_has_no_duplicates():
     assert len(CASES) >= 60
 
 
-@pytest.mark.parametrize("args, needle, setup", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+# Known open defects, in files of another change (scorefpe/cli/modelcheck.py): strict, so the
+# test fails as soon as one is fixed and the mark must go.
+OPEN = {"check-model-out-under-file": "check --model computes the whole report, then fails "
+                                      "writing under --out with a NotADirectoryError traceback"}
+
+
+@pytest.mark.parametrize("args, needle, setup", [
+    pytest.param(*c[1:], marks=pytest.mark.xfail(strict=True, reason=OPEN[c[0]])) if c[0] in OPEN
+    else c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_names_it_and_writes_nothing(tmp_path, monkeypatch, args, needle, setup):
     ws = _workspace(tmp_path, setup)
     monkeypatch.setenv("SCOREFPE_CACHE", ws["CACHE"])
