@@ -79,7 +79,8 @@ def test_importance_weighted_fp_penalty_is_unbiased_for_the_closed_form_residual
     g = _gen(3)
     a0 = -torch.eye(2, dtype=F64) + 0.3 * torch.randn(2, 2, generator=g, dtype=F64)
     a1 = 0.5 * torch.randn(2, 2, generator=g, dtype=F64)
-    fn, residual = timevarying_linear(a0, a1, torch.tensor([0.2, -0.1], dtype=F64), torch.tensor([0.3, 0.1], dtype=F64))
+    b0, b1 = torch.tensor([0.2, -0.1], dtype=F64), torch.tensor([0.3, 0.1], dtype=F64)
+    fn, residual = timevarying_linear(a0, a1, b0, b1)
     n, t_min = 20000, 1e-3
     x0 = torch.randn(n, 2, generator=g, dtype=F64)
     z = torch.randn(n, 2, generator=g, dtype=F64)
