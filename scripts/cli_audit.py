@@ -110,7 +110,7 @@ def render(before_path: str, after_path: str, fixes_path: str) -> None:
         n_cmd = 2 if words[0] in ("train", "data", "bench", "benchmark", "lenet", "experiment") else 1
         cmd = " ".join(words[:n_cmd])
         bad = " ".join(words[n_cmd:]) + (f" (cache: {setup.replace('_', ' ')})" if setup else "")
-        b = before.get(cid, {"outcome": "not run", "error": ""})
+        b = before.get(cid, {"outcome": "(command added after a5fd9bf)", "error": ""})
         was = b["outcome"]
         if was != "as promised" and b.get("error"):
             err = re.sub(r"/tmp/[^/\s']+/", ".../", b["error"])
@@ -118,6 +118,7 @@ def render(before_path: str, after_path: str, fixes_path: str) -> None:
             was += ": " + (err if len(err) <= 100 else err[:99] + "…")
         was = was.replace("|", "\\|").replace("`", "'")
         fix = "" if b["outcome"] == "as promised" else fixes.get(cid, fixes.get("*", ""))
+        fix = "" if cid not in before else fix
         now = after.get(cid, {}).get("outcome", "not run")
         print(f"| {i} | `{cmd}` | `{bad}` | {was} | {now} | {fix} | `{cid}` |")
 
