@@ -482,7 +482,9 @@ def score_and_jacobian_frobenius_sq(
     tt = _check_inputs(x, t)
     m = parse_choice(DivergenceMethod, method, "method")
     if m is DivergenceMethod.EXACT:
-        raise ValueError("score_and_jacobian_frobenius_sq estimates: method must be 'hutchinson' or 'hutchinson-fd'")
+        raise ValueError(
+            "score_and_jacobian_frobenius_sq estimates: method must be 'hutchinson' or 'hutchinson-fd'"
+        )
     _check_probes(n_probes)
     _check_step("h_x", h_x)
     s, out = _score_and_frobenius(score_fn, x, tt, m, n_probes, probe, generator, h_x)
@@ -895,7 +897,8 @@ class FPResidualEstimator:
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "divergence", parse_choice(DivergenceMethod, self.divergence, "divergence method"))
+        dm = parse_choice(DivergenceMethod, self.divergence, "divergence method")
+        object.__setattr__(self, "divergence", dm)
         object.__setattr__(self, "time", parse_choice(TimeMethod, self.time, "time-derivative method"))
         object.__setattr__(self, "probe", parse_choice(Probe, self.probe, "probe"))
         if self.divergence is DivergenceMethod.HUTCHINSON_FD:

@@ -7,7 +7,7 @@ With x(t) = a(t) x(0) + sigma(t) z, z ~ N(0, I), t ~ U[t_min, T] and D entries p
     P_SN  = 1/D E || s(x(t), t) ||^2                           (eq. 15)
     P_JAC = 1/D E || grad_x s ||_F^2    (Hutchinson, K = 1)    (eq. 16)
     P_DIV = 1/D E (div_x s)^2           (Hutchinson, K = 1)    (eq. 17)
-    R_FP  = alpha / D^m || omega(t) eps ||_2^m + beta | L[s] |  (FP-Diffusion, eq. 19)
+    R_FP  = alpha omega(t) || eps ||_2^m / D^m + beta | L[s] |  (FP-Diffusion eq. 19; omega as in their code)
 
 and the training objective L = L_DSM + lambda P (eq. 20). Every function here returns the
 per-sample quantity inside the expectation, shape (B,), so that the training loop reduces and
@@ -217,7 +217,8 @@ def jacobian_penalty(
 
 def _div_method(estimator: Estimator | str) -> operators.DivergenceMethod:
     e = parse_choice(Estimator, estimator, "estimator")
-    return operators.DivergenceMethod.HUTCHINSON_FD if e is Estimator.FD else operators.DivergenceMethod.HUTCHINSON
+    dm = operators.DivergenceMethod
+    return dm.HUTCHINSON_FD if e is Estimator.FD else dm.HUTCHINSON
 
 
 def _h(h_x: float | None, kind: str) -> float:

@@ -98,16 +98,22 @@ def fp_residual_curve(
     n_points: int = 256,
     method: ResidualMethod | str = ResidualMethod.EXACT,
     n_probes: int = 1,
-    t_min: float = 0.0,
+    t_min: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Curve:
     """r_FP(t) = 1/D E||eps||^2 at each t of ``t_grid`` from ``n_points`` perturbed samples.
+
+    ``t_min``: the smallest time the estimated d_t s stencil may evaluate the model at; None
+    means the grid's smallest t, so the stencil is one-sided there and never reaches t <= 0
+    (where an eps-parameterised VP network divides by std = 0).
 
     Exact mode: exact residual per point. Estimated mode: E||eps||^2 from the product of two
     independent residual estimates <eps_1, eps_2>, which is unbiased (the square of a single
     Hutchinson estimate is biased up by its variance). Cost per t: that of ``fp_residual`` on
     n_points (twice when estimated).
     """
+    if t_min is None:
+        t_min = float(t_grid.min())
     kw = dict(method=method, n_probes=n_probes, generator=generator, t_min=t_min)
     exact = ResidualMethod(method) is ResidualMethod.EXACT
 

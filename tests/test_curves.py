@@ -13,6 +13,7 @@ from scorefpe.data.mixtures import GaussianMixture
 from scorefpe.evaluation.diagnostics import jacobian_frobenius_curve
 from scorefpe.metrics.conservativity import curl_mse_curve
 from scorefpe.pinn.evaluate import score_error_curve, sliced_wasserstein
+from scorefpe.sde import make_sde
 from scorefpe.residuals import (
     Spacing,
     dsm_residual_curve,
@@ -160,3 +161,27 @@ def test_generator_none_draws_from_the_global_rng(name):
         assert not torch.equal(f(None), from_global)
     finally:
         torch.random.set_rng_state(state)
+
+
+def test_fp_residual_curve_never_evaluates_below_its_grid():
+    """An eps-parameterised VP network divides by std(t), which is 0 at t = 0. The estimated
+    r_FP curve's default t_min is the grid's smallest t, so a grid starting at 1e-3 (where the
+    default nonuniform stencil's h_s = 1e-3 would reach t = 0) gives a finite curve and the
+    model is never called below 1e-3; the old default t_min = 0 gave non-finite values."""
+    sde = make_sde("vp")
+    seen: list[float] = []
+
+    def eps_score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(float(t.min()))
+        std = sde.marginal_std(t).reshape(-1, *([1] * (x.dim() - 1)))
+        return -torch.tanh(x) / std
+
+    grid = torch.tensor([1e-3, 1e-2], dtype=torch.float64)
+    sample = lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64)  # noqa: E731
+    curve = fp_residual_curve(eps_score, sde, sample, grid, n_points=4, method="estimated",
+                              generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(curve.mean).all()) and min(seen) >= 1e-3 * (1 - 1e-12)
+    old = fp_residual_curve(eps_score, sde, sample, grid, n_points=4, method="estimated",
+                            t_min=0.0,
+                            generator=torch.Generator().manual_seed(0))
+    assert not bool(torch.isfinite(old.mean).all())

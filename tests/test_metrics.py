@@ -447,7 +447,7 @@ def _toy_split(split, data_dir):
 
 
 def test_cli_train_and_eval(monkeypatch, tmp_path):
-    from scorefpe.cli import lenet as cli_lenet
+    from scorefpe.cli import lenet_cmd as cli_lenet
     from scorefpe.cli.main import main
 
     monkeypatch.setattr(cli_lenet, "_load_split", _toy_split)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorefpe.cli.main import main
-from scorefpe.cli.modelcheck import add_model_options, model_option_names, run_model_check
+from scorefpe.cli.modelcheck_cmd import add_model_options, model_option_names, run_model_check
 from scorefpe.modelcheck import (
     ModelReport,
     Param,

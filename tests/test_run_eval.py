@@ -258,7 +258,7 @@ def test_cli_missing_or_bad_run_dir_exit_2(tmp_path, cmd):
 
 
 def test_cli_sampler_choices_match_the_registry():
-    from scorefpe.cli.evaluate import SAMPLERS as CLI_SAMPLERS
+    from scorefpe.cli.evaluate_cmd import SAMPLERS as CLI_SAMPLERS
     from scorefpe.sampling.samplers import SAMPLERS
 
     assert sorted(CLI_SAMPLERS) == sorted(SAMPLERS)

@@ -79,7 +79,8 @@ def test_importance_weighted_fp_penalty_is_unbiased_for_the_closed_form_residual
     g = _gen(3)
     a0 = -torch.eye(2, dtype=F64) + 0.3 * torch.randn(2, 2, generator=g, dtype=F64)
     a1 = 0.5 * torch.randn(2, 2, generator=g, dtype=F64)
-    fn, residual = timevarying_linear(a0, a1, torch.tensor([0.2, -0.1], dtype=F64), torch.tensor([0.3, 0.1], dtype=F64))
+    b0, b1 = torch.tensor([0.2, -0.1], dtype=F64), torch.tensor([0.3, 0.1], dtype=F64)
+    fn, residual = timevarying_linear(a0, a1, b0, b1)
     n, t_min = 20000, 1e-3
     x0 = torch.randn(n, 2, generator=g, dtype=F64)
     z = torch.randn(n, 2, generator=g, dtype=F64)
@@ -94,3 +95,20 @@ def test_importance_weighted_fp_penalty_is_unbiased_for_the_closed_form_residual
     se = math.sqrt(float(vals["log-mixture"].var() + vals["uniform"].var()) / n)
     assert abs(float(d)) < Z * se
     assert abs(float(1.15 * vals["log-mixture"].mean() - vals["uniform"].mean())) > Z * se
+
+
+def test_checkpoints_written_before_the_new_penalty_settings_resume_only_at_their_defaults():
+    import json
+
+    from scorefpe.training.loop import _config_diff
+    from scorefpe.training.mnist import mnist_run
+
+    cfg = mnist_run("smoke", penalty="div", lam=0.1).to_dict()["penalty"]
+    new = json.loads(json.dumps({"penalty": cfg}))
+    old = {"penalty": {k: v for k, v in new["penalty"].items()
+                       if k not in ("estimator", "h_x", "t_proposal")}}
+    assert new["penalty"]["estimator"] == "autograd" and new["penalty"]["t_proposal"] == "uniform"
+    assert _config_diff(old, new) == []
+    fd = json.loads(json.dumps({"penalty": mnist_run("smoke", penalty="div", lam=0.1, estimator="fd",
+                                                     t_proposal="log-mixture").to_dict()["penalty"]}))
+    assert _config_diff(old, fd) == ["penalty.estimator", "penalty.t_proposal"]

@@ -31,25 +31,25 @@ def main() -> None:
 
 
 def _register() -> None:
-    from scorefpe.cli.bench import bench
-    from scorefpe.cli.cauchy import cauchy
-    from scorefpe.cli.check import check
-    from scorefpe.cli.data import data
-    from scorefpe.cli.derive import derive
-    from scorefpe.cli.lenet import lenet
-    from scorefpe.cli.maps import maps
-    from scorefpe.cli.train import train
+    from scorefpe.cli.bench_cmd import bench
+    from scorefpe.cli.cauchy_cmd import cauchy
+    from scorefpe.cli.check_cmd import check
+    from scorefpe.cli.data_cmd import data
+    from scorefpe.cli.derive_cmd import derive
+    from scorefpe.cli.lenet_cmd import lenet
+    from scorefpe.cli.maps_cmd import maps
+    from scorefpe.cli.train_cmd import train
 
     for command in (check, data, derive, train, bench, lenet, cauchy, maps):
         main.add_command(command)
     # likelihood, curl, benchmark, and `train synthetic` inside the train group.
-    from scorefpe.cli import synthetic
+    from scorefpe.cli import synthetic_cmd as synthetic
 
     synthetic.register(main)
-    from scorefpe.cli import evaluate  # sample, eval, report, diagnose
+    from scorefpe.cli import evaluate_cmd as evaluate  # sample, eval, report, diagnose
 
     evaluate.register(main)
-    from scorefpe.cli.experiment import experiment
+    from scorefpe.cli.experiment_cmd import experiment
 
     main.add_command(experiment)
 

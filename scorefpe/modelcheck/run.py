@@ -1,5 +1,5 @@
 """One `scorefpe check --model` run end to end: load the model, draw x0, compute the report,
-print it and write its files (issue 9; the CLI in `scorefpe.cli.modelcheck` only parses options).
+print it and write its files (issue 9; the CLI in `scorefpe.cli.modelcheck_cmd` only parses options).
 
 Bad input raises ValueError naming the problem (the CLI turns it into exit code 2); a solver or
 model failure mid-run raises RuntimeError. Files are written only after everything was computed,

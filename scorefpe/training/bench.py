@@ -16,8 +16,8 @@ an estimator that evaluates r rows per sample is measured ("ratio to its own flo
 Memory: on CUDA the peak allocated memory of the step above what was allocated before it
 (torch.cuda.max_memory_allocated); on CPU the growth of the peak resident set during the step
 (VmHWM after minus VmRSS before, freed heap returned with malloc_trim and the peak reset
-through /proc/self/clear_refs; Linux only, None elsewhere); on every device the bytes autograd saves for the backward (distinct storages,
-recorded with saved-tensor hooks): the activation memory, which is what a penalty adds.
+through /proc/self/clear_refs; Linux only, None elsewhere); on every device the bytes autograd
+saves for the backward (distinct storages, recorded with saved-tensor hooks): the activation memory, which is what a penalty adds.
 """
 
 from __future__ import annotations
@@ -151,7 +151,8 @@ def anchor_penalized_dsm(
     elif penalty is Penalty.JAC:
         pen = operators.anchor_jacobian_frobenius_sq(model, xs, t, v) / xs[0].numel()
     elif penalty is Penalty.FP:
-        pen = operators.anchor_fp_residual(model, sde, xs, t, v, t_min=t_min).reshape(len(xs), -1).pow(2).sum(-1)
+        eps = operators.anchor_fp_residual(model, sde, xs, t, v, t_min=t_min)
+        pen = eps.reshape(len(xs), -1).pow(2).sum(-1)
     else:
         raise ValueError(f"no anchor-style implementation of penalty {penalty.value!r}")
     terms[penalty.value] = pen
@@ -619,7 +620,8 @@ def gradient_variance(
     rows = []
     for (name, prop), gl in grads.items():
         stack = torch.stack(gl)
-        var = float((stack - stack.mean(0)).pow(2).sum(1).sum() / (len(gl) - 1)) if len(gl) > 1 else float("nan")
+        dev2 = (stack - stack.mean(0)).pow(2).sum(1).sum()
+        var = float(dev2 / (len(gl) - 1)) if len(gl) > 1 else float("nan")
         rows.append(VarianceRow(name, prop, var, statistics.median(secs[(name, prop)]),
                                 float(stack.mean(0).pow(2).sum())))
     return rows

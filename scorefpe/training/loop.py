@@ -86,12 +86,23 @@ def _peak_memory(device: torch.device) -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_max_rss"
 
 
-def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+# Settings added after checkpoints were written: a checkpoint whose config lacks one of them ran
+# with the value it has by default, so it resumes under that value and only under it.
+_DEFAULT_WHEN_ABSENT: dict[str, dict[str, Any]] = {
+    "penalty": {"estimator": "autograd", "h_x": None, "t_proposal": "uniform"},
+}
+
+
+def _config_diff(old: dict[str, Any], new: dict[str, Any], section: str = "") -> list[str]:
     diffs = []
+    absent_ok = _DEFAULT_WHEN_ABSENT.get(section, {})
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        if key not in old and key in absent_ok and b == absent_ok[key]:
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{key}.{d}" for d in _config_diff(a, b) if not (key == "train" and d in RESUMABLE_CHANGES)]
+            diffs += [f"{key}.{d}" for d in _config_diff(a, b, key)
+                      if not (key == "train" and d in RESUMABLE_CHANGES)]
         elif a != b:
             diffs.append(key)
     return diffs

@@ -25,8 +25,8 @@ def dsm_objective(
 
     Per step: t = t_min + (T - t_min) u with u ~ U[0, 1), z ~ N(0, I), both drawn for the global
     batch from the step's shared "noise" stream (with ``cfg.t_proposal`` other than uniform, t
-    from that proposal with importance weights on every term, `penalties.draw_times`) (so data-parallel runs draw what one process
-    draws); Hutchinson probes from the per-rank "probe" stream. See ``penalized_dsm`` for terms
+    from that proposal with importance weights on every term, `penalties.draw_times`)
+    (so data-parallel runs draw what one process draws); Hutchinson probes from the per-rank "probe" stream. See ``penalized_dsm`` for terms
     and costs. x0: (B, ...) data batch; the returned LossTerms hold per-sample terms (B,).
     """
 

@@ -1,5 +1,5 @@
 """`scorefpe check`: the validation battery on a closed-form data set, or with --model the
-score-FPE report of a user's own score model (scorefpe/cli/modelcheck.py)."""
+score-FPE report of a user's own score model (scorefpe/cli/modelcheck_cmd.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import click
 from click.core import ParameterSource
 
-from scorefpe.cli.modelcheck import add_model_options, run_model_check, sde_from_options
+from scorefpe.cli.modelcheck_cmd import add_model_options, run_model_check, sde_from_options
 
 # Model options that also define the battery's SDE; every other model option needs --model.
 SDE_PARAMS = ("beta_min", "beta_max", "sigma_min", "sigma_max")

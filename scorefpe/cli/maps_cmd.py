@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from scorefpe.cli._options import output_dir, parse_floats, positive_int, threads_option
-from scorefpe.cli.evaluate import _run_dir
+from scorefpe.cli.evaluate_cmd import _run_dir
 
 
 @click.command("maps")

@@ -1,7 +1,7 @@
 """`scorefpe check --model ...`: the options of the score-FPE report of a user's own score model
 (issue 9) and their parsing; the run itself is `scorefpe.modelcheck.run.check_model_spec`.
 
-`scorefpe/cli/check.py` adds these options to `check` with ``@add_model_options(skip=("sde",
+`scorefpe/cli/check_cmd.py` adds these options to `check` with ``@add_model_options(skip=("sde",
 "seed"))`` and calls `run_model_check` when --model is given. `run_model_check` /
 `model_check_command` raise click.UsageError (exit 2) on bad input.
 """

@@ -277,7 +277,7 @@ def _fallback_train() -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add this module's commands to ``main``. `synthetic` joins the `train` group of scorefpe/cli/train.py
+    """Add this module's commands to ``main``. `synthetic` joins the `train` group of scorefpe/cli/train_cmd.py
     when that exists, else a local `train` group holding only it."""
     main.add_command(likelihood)
     main.add_command(curl)
@@ -285,7 +285,7 @@ def register(main: click.Group) -> None:
     grp = main.commands.get("train")
     if grp is None:
         try:
-            from scorefpe.cli.train import train as grp  # type: ignore[no-redef]
+            from scorefpe.cli.train_cmd import train as grp  # type: ignore[no-redef]
         except ImportError:
             grp = None
         if not isinstance(grp, click.Group):
