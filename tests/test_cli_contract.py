@@ -300,7 +300,7 @@ def test_the_table_is_large_and_has_no_duplicates():
     assert len(CASES) >= 60
 
 
-# Known open defects, in files of another change (scorefpe/cli/modelcheck.py): strict, so the
+# Known open defects, in files of another change (scorefpe/cli/modelcheck_cmd.py): strict, so the
 # test fails as soon as one is fixed and the mark must go.
 OPEN = {"check-model-out-under-file": "check --model computes the whole report, then fails "
                                       "writing under --out with a NotADirectoryError traceback"}
