@@ -78,7 +78,7 @@ def test_write_tables_reads_every_planned_run(tmp_path):
     for j, loss in enumerate(LOSSES):
         assert float(rows[loss]["fid_mean"]) == pytest.approx(100.0 * (1 + j) + 1.0)
         assert float(rows[loss]["fid_std"]) == pytest.approx(math.sqrt(2.0))
-    assert "| div | 2/2 | 501 ± 1.4 |" in paths["md"].read_text()
+    assert "| div | 0.001 | 2/2 | 501 ± 1.4 |" in paths["md"].read_text()
 
 
 # ---------------------------------------------------------------------------- orchestration

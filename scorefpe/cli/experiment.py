@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,27 @@ def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _lams(ctx: click.Context, param: click.Parameter,
+          value: str | None) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """--lam: one number or name=value pairs (`scorefpe.experiments.table1.parse_lams`)."""
+    from scorefpe.experiments.table1 import parse_lams
+
+    if value is None:
+        return None, ()
+    try:
+        return parse_lams(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
+def _positive_float(ctx: click.Context, param: click.Parameter,
+                    value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be positive and finite, got {value}", ctx=ctx,
+                                 param=param)
+    return value
+
+
 @click.group("experiment")
 def experiment() -> None:
     """Experiments of the papers, built from train / eval / report."""
@@ -44,33 +66,45 @@ def experiment() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Experiment directory (new, empty, or one from an earlier call to resume).")
 @click.option("--preset", type=str, default="smoke", show_default=True,
-              help="smoke or tiny (tiny: the whole table in a few CPU minutes).")
+              help="smoke, tiny (the whole table in a few CPU minutes; both for tests) or cpu "
+                   "(60,000 digits, 3 seeds, 10,000 samples: docs/results/mnist_cpu_tradeoff.md).")
 @click.option("--seeds", type=int, default=None, callback=positive_int,
-              help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1).")
+              help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1, cpu 3).")
 @click.option("--epochs", type=int, default=None, callback=positive_int,
               help="Training epochs (default: the preset's).")
-@click.option("--lam", type=float, default=1e-3, show_default=True,
-              help="Penalty weight lambda of fp/sn/jac/div.")
+@click.option("--width", type=float, default=None, callback=_positive_float,
+              help="U-Net width factor (default: the preset's).")
+@click.option("--n-train", type=int, default=None, callback=positive_int,
+              help="Train on the first N digits (default: the preset's).")
+@click.option("--lam", "lam_spec", type=str, default=None, callback=_lams,
+              help="Penalty weight lambda: one number for fp/sn/jac/div, or name=value pairs "
+                   "(e.g. fp=1e-6,sn=1e-2; unnamed penalties keep the preset's). Default: the "
+                   "preset's (1e-3 each; the cpu preset's are PLACEHOLDERS until its lambda scan "
+                   "is run).")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
 @click.option("--steps", type=int, default=None, callback=positive_int,
               help="Sampler steps (default: the preset's).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="MNIST directory (default: the cache).")
-def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: float,
+def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width: float | None,
+           n_train: int | None, lam_spec: tuple[float | None, tuple[tuple[str, float], ...]],
            n_samples: int | None, steps: int | None, data_dir: Path | None) -> None:
     """Train (or reuse) none/fp/sn/jac/div x seeds, evaluate each, and write Table I.
 
     Writes OUT/table1.md, OUT/table1.csv (mean ± std over seeds of FID, density, coverage,
-    entropy, NLL bits/dim, time per epoch), OUT/report.md and OUT/report_diagnostics.png.
+    entropy, NLL bits/dim, time per epoch, each loss's lambda, and each penalty's paired
+    difference against none with the t-test and sign-flip p-values), OUT/report.md and
+    OUT/report_diagnostics.png; the tables are rewritten after every run.
     Run it again after an interruption: finished trainings and evaluations are skipped, and a
     killed training resumes from its last checkpoint.
     """
     from scorefpe.experiments.table1 import Table1Config, check_experiment_dir, run_table1
 
+    lam, lams = lam_spec
     try:
-        cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam,
-                           n_samples=n_samples, steps=steps)
+        cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam, lams=lams,
+                           width=width, n_train=n_train, n_samples=n_samples, steps=steps)
         check_experiment_dir(out)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
