@@ -334,6 +334,9 @@ class EvalResult:
     diagnostics_png: str | None
     machine: str
     seconds: float
+    # The feature extractor the numbers depend on: `weights_sha256` of the LeNet's parameters
+    # (the shipped file's is in docs/metrics.md).
+    lenet_weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -360,7 +363,7 @@ def evaluate_run(
         FileNotFoundError: no run dir, no LeNet weights, no MNIST test set.
         ValueError: a run that cannot be loaded.
     """
-    from scorefpe.metrics.lenet import lenet_features, lenet_probs, load_lenet
+    from scorefpe.metrics.lenet import lenet_features, lenet_probs, load_lenet, weights_sha256
     from scorefpe.metrics.sample_quality import (
         class_entropy,
         density_coverage,
@@ -440,6 +443,7 @@ def evaluate_run(
         diagnostics_png=diag_png,
         machine=machine_description(),
         seconds=time.perf_counter() - t_start,
+        lenet_weights_sha256=weights_sha256(lenet),
     )
 
 

@@ -579,6 +579,8 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
     s = ecfg.sample
     run0 = plan_runs(cfg, out)[0].run
     src = f" Preset values from {cfg.spec.source}." if cfg.spec.source else ""
+    digests = sorted({json.loads(p.read_text()).get("lenet_weights_sha256") or "not recorded"
+                      for p in out.glob(f"*-s*/{EVAL_JSON}")})
     md = [
         f"# Table I ({cfg.preset} preset): mean ± std over seeds", "",
         f"Training: preset `{cfg.spec.train_preset}` with {dict(cfg.spec.train_overrides)}, "
@@ -588,7 +590,9 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
         f"Evaluation: {s.n} samples by `{s.sampler}` ({s.steps} steps), "
         f"{'all' if cfg.spec.n_reference is None else cfg.spec.n_reference} test images as "
         f"reference, NLL on {ecfg.nll_n} test images. ± is the sample std over seeds (none for "
-        "one seed).", "",
+        "one seed).",
+        f"LeNet feature extractor (weights_sha256 of its parameters): {', '.join(digests)}"
+        + (" (several: the rows are not comparable)" if len(digests) > 1 else "") + ".", "",
         table_markdown(agg, cfg.n_seeds, lams),
     ]
     if sig:
