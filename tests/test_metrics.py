@@ -508,6 +508,12 @@ def test_cli_train_and_eval(monkeypatch, tmp_path):
     out.write_bytes(before[:-1] + bytes([before[-1] ^ 1]))
     res = runner.invoke(main, ["lenet", "eval", "--model", str(out)])
     assert res.exit_code == 2 and "checksum mismatch" in res.output
+    # Without --model: the shipped weights, found with an empty cache.
+    from scorefpe.metrics.lenet import shipped_lenet_path
+
+    res = runner.invoke(main, ["lenet", "eval", "--floor-n", "0"])
+    assert res.exit_code == 0 and "checksum OK" in res.output, res.output
+    assert str(shipped_lenet_path()) in res.output and "0.9924" in res.output
 
 
 def test_cli_bad_input(tmp_path):
