@@ -73,7 +73,7 @@ def _pos_int(name: str, v: Any) -> None:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to draw samples from a run: sampler ('em', 'pc', 'ode'), n samples, steps (SDE
+    """How to draw samples from a run: sampler ('em', 'pc', 'rd', 'ode'), n samples, steps (SDE
     samplers; the ODE is adaptive and ignores it), seed, batch size, end time t_min, PC snr.
 
     Raises:
