@@ -66,8 +66,10 @@ def experiment() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Experiment directory (new, empty, or one from an earlier call to resume).")
 @click.option("--preset", type=str, default="smoke", show_default=True,
-              help="smoke, tiny (the whole table in a few CPU minutes; both for tests) or cpu "
-                   "(60,000 digits, 3 seeds, 10,000 samples: docs/results/mnist_cpu_tradeoff.md).")
+              help="smoke, tiny (the whole table in a few CPU minutes; both for tests), cpu "
+                   "(60,000 digits, 3 seeds, 10,000 samples: docs/results/mnist_cpu_tradeoff.md) "
+                   "or paper (the 2026 paper's 200 epochs at width 1: a GPU, "
+                   "scripts/gpu_table1.sh).")
 @click.option("--seeds", type=int, default=None, callback=positive_int,
               help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1, cpu 3).")
 @click.option("--epochs", type=int, default=None, callback=positive_int,
