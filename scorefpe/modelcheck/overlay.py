@@ -19,7 +19,7 @@ import torch
 
 from scorefpe._util import save_figure
 from scorefpe.modelcheck.compute import check_model
-from scorefpe.modelcheck.report import NONNEGATIVE, QUANTITIES, ModelReport
+from scorefpe.modelcheck.report import ModelReport, style_panel
 
 __all__ = ["OVERLAY_QUANTITIES", "check_runs", "overlay_csv", "plot_overlay", "run_labels"]
 
@@ -85,9 +85,8 @@ def plot_overlay(reports: Mapping[str, ModelReport], path: str | Path, *,
                  quantities: Sequence[str] = OVERLAY_QUANTITIES, title: str = "") -> Path:
     """One PNG: a panel per quantity over t (log t), one curve per report with its 95 % CI band.
 
-    Quantities absent from every report are skipped (e.g. DSM without data). Scales follow
-    `ModelReport.plot`: log y for a quantity >= 0 spanning more than a decade, symlog for r_FP
-    estimates that change sign over decades. Returns the path.
+    Quantities absent from every report are skipped (e.g. DSM without data). Scales as in
+    `ModelReport.plot` (`style_panel`), chosen on all curves of a panel. Returns the path.
 
     Raises:
         ValueError: no reports, or none of ``quantities`` in any report.
@@ -106,31 +105,16 @@ def plot_overlay(reports: Mapping[str, ModelReport], path: str | Path, *,
     nrow = math.ceil(len(qs) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.3 * nrow), squeeze=False)
     for ax, q in zip(axes.flat, qs):
-        allv: list[float] = []
-        for label, rep in reports.items():
-            if q not in rep.stats:
-                continue
+        present = {label: rep for label, rep in reports.items() if q in rep.stats}
+        # One scale for every curve of the panel: chosen on all their means together.
+        floor = style_panel(ax, q, [s.mean for rep in present.values() for s in rep.stats[q]])
+        for label, rep in present.items():
             st = rep.stats[q]
-            mean = [s.mean for s in st]
-            lines = ax.plot(list(rep.t), mean, "o-", ms=3, label=label)
-            ax.fill_between(list(rep.t), [s.lo for s in st], [s.hi for s in st], alpha=0.15,
+            lines = ax.plot(list(rep.t), [s.mean for s in st], "o-", ms=3, label=label)
+            lo = [max(s.lo, floor) if floor is not None and math.isfinite(s.lo) else s.lo
+                  for s in st]
+            ax.fill_between(list(rep.t), lo, [s.hi for s in st], alpha=0.15,
                             color=lines[0].get_color())
-            allv += [v for v in mean if math.isfinite(v)]
-        pos = [v for v in allv if v > 0]
-        if q in NONNEGATIVE and pos and max(pos) > 10 * min(pos):
-            ax.set_yscale("log")
-            ax.set_ylim(bottom=0.5 * min(pos))  # the normal CI band may dip below zero
-        elif allv and min(allv) < 0 < max(allv):
-            big = max(abs(v) for v in allv)
-            small = min((abs(v) for v in allv if v != 0), default=big)
-            if big > 100 * small:
-                ax.set_yscale("symlog", linthresh=small)
-        elif pos and len(pos) == len(allv) and max(pos) > 10 * min(pos):
-            ax.set_yscale("log")
-        ax.set_xscale("log")
-        ax.set_title(QUANTITIES[q][0])
-        ax.set_xlabel("t")
-        ax.grid(True, which="major", alpha=0.3)
     for ax in list(axes.flat)[len(qs):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
