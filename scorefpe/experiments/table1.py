@@ -13,8 +13,14 @@ diagnostics figure. Every step is resumable:
   is not evaluated again; samples are reused by `load_or_sample` when they match.
 
 Files are written atomically, so an interruption at any moment leaves either the old or the new
-file. The std over seeds is the sample standard deviation (ddof = 1); with one seed it is
-left out (the cell shows the mean alone).
+file; each run's eval.json and the tables are written before the next run starts. The std over
+seeds is the sample standard deviation (ddof = 1); with one seed it is left out (the cell shows
+the mean alone).
+
+Each penalty has its own lambda (`Table1Config.lams`, the preset's by default), printed in its
+row. Next to the means, every penalty is compared with the `none` baseline paired by seed
+(`significance`: paired t-test, exact sign-flip test and bootstrap interval of the mean
+difference, from `scorefpe.experiments.significance`).
 """
 
 from __future__ import annotations
