@@ -608,7 +608,7 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
                       for p in out.glob(f"*-s*/{EVAL_JSON}")})
     md = [
         f"# Table I ({cfg.preset} preset): mean ± std over seeds", "",
-        f"Training: preset `{cfg.spec.train_preset}` with {dict(cfg.spec.train_overrides)}, "
+        f"Training (resolved settings): preset `{cfg.spec.train_preset}`, "
         f"epochs {run0.train.epochs}, batch {run0.train.batch_size}, width {run0.model.width}, "
         f"n_train {run0.n_train or 60000}, lr {run0.train.lr}, EMA {run0.train.ema_decay}; "
         f"lambda per loss in the lambda column.{src}",
