@@ -9,7 +9,7 @@ import click
 
 from scorefpe.cli._options import positive_int
 
-SAMPLERS = ("em", "pc", "ode")
+SAMPLERS = ("em", "pc", "rd", "ode")
 
 
 def _run_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
@@ -38,9 +38,10 @@ def _sample_options(f):
                      help="Samples per batch (the seed reproduces samples for a fixed batch size).")(f)
     f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
     f = click.option("--steps", type=int, default=500, show_default=True, callback=positive_int,
-                     help="Time steps of em/pc (the ode sampler is adaptive).")(f)
+                     help="Time steps of em/pc/rd (the ode sampler is adaptive).")(f)
     f = click.option("--sampler", type=str, default="pc", show_default=True,
-                     callback=_sampler_choice, help="em, pc or ode.")(f)
+                     callback=_sampler_choice,
+                     help="em, pc, rd (pc without corrector) or ode.")(f)
     f = click.option("--n", "n", type=int, default=10_000, show_default=True,
                      callback=positive_int,
                      help="Number of samples.")(f)
