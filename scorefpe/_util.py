@@ -166,12 +166,13 @@ def machine_description(device: Any = "cpu") -> str:
 
 
 def run_labels(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
-    """The labels of several run directories (their names), which must be distinct.
+    """The labels of several run directories (their resolved names, e.g. ``none-s0``), which
+    must be distinct (curves labelled alike could not be told apart).
 
     Raises:
         ValueError: two directories share a name, naming them.
     """
-    names = [Path(r).name for r in run_dirs]
+    names = [Path(r).resolve().name for r in run_dirs]
     if len(set(names)) != len(names):
         raise ValueError(f"run directories must have distinct names (labels), got {names}")
     return names

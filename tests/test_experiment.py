@@ -78,7 +78,7 @@ def test_write_tables_reads_every_planned_run(tmp_path):
     for j, loss in enumerate(LOSSES):
         assert float(rows[loss]["fid_mean"]) == pytest.approx(100.0 * (1 + j) + 1.0)
         assert float(rows[loss]["fid_std"]) == pytest.approx(math.sqrt(2.0))
-    assert "| div | 2/2 | 501 ± 1.4 |" in paths["md"].read_text()
+    assert "| div | 0.001 | 2/2 | 501 ± 1.4 |" in paths["md"].read_text()
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -247,3 +247,168 @@ def test_cli_out_is_a_file(tmp_path):
     assert res.exit_code == 2
     assert "not a directory" in res.output and str(f) in res.output
     assert f.read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------- lambdas per penalty
+
+
+def test_parse_lams_and_resolution():
+    from scorefpe.experiments.table1 import parse_lams
+
+    assert parse_lams("2e-3") == (2e-3, ())
+    assert parse_lams("fp=1e-6, sn=1e-2") == (None, (("fp", 1e-6), ("sn", 1e-2)))
+    for bad, needle in [("dsm=1", "'dsm'"), ("none=1", "'none'"), ("fp=0", "positive"),
+                        ("fp=-1e-3", "positive"), ("fp=inf", "finite"), ("nan", "finite"),
+                        ("fp=abc", "number"), ("fp=1,fp=2", "twice"), ("fp", "number")]:
+        with pytest.raises(ValueError, match=needle):
+            parse_lams(bad)
+    # named > one number for all > the preset's
+    cfg = Table1Config(preset="tiny", lam=5e-3, lams=(("sn", 1e-2),))
+    assert cfg.resolved_lams == {"none": 0.0, "fp": 5e-3, "sn": 1e-2, "jac": 5e-3, "div": 5e-3}
+    cfg = Table1Config(preset="cpu", lams=(("jac", 3e-4),))
+    assert cfg.lam_of("jac") == 3e-4 and cfg.lam_of("none") == 0.0
+    specs = {s.loss: s for s in plan_runs(cfg, "x") if s.seed == 0}
+    assert specs["jac"].run.penalty.lam == 3e-4 and specs["none"].run.penalty.lam == 0.0
+    assert specs["fp"].run.penalty.lam == dict(cfg.spec.lams)["fp"]
+    with pytest.raises(ValueError, match="'dsm'"):
+        Table1Config(lams=(("dsm", 1.0),))
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("fp=1e-6,foo=1", "'foo'"), ("sn=0", "positive"), ("jac=nan", "finite"),
+    ("div=-2", "positive"), ("inf", "finite"), ("fp=x", "number")])
+def test_cli_bad_lam_exit_2(tmp_path, spec, needle):
+    from scorefpe.cli.main import main
+
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(out), "--lam", spec])
+    assert res.exit_code == 2, res.output
+    assert "--lam" in res.output and needle in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, needle", [(["--width", "0"], "--width"),
+                                          (["--width", "nan"], "--width"),
+                                          (["--n-train", "0"], "--n-train")])
+def test_cli_bad_width_ntrain_exit_2(tmp_path, args, needle):
+    from scorefpe.cli.main import main
+
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(out), *args])
+    assert res.exit_code == 2 and needle in res.output, res.output
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- significance
+
+
+def test_significance_columns_on_a_constructed_experiment(tmp_path):
+    """3 seeds with known per-seed FIDs: the columns hold the closed-form paired statistics.
+
+    Baseline FIDs vary by seed (10, 50, 30); fp = baseline + (1, 2, 3): mean 2, sd 1,
+    t = 2 sqrt 3, p_t = 1 - t / sqrt(2 + t^2) (t CDF with 2 df); sn = baseline + (1, -1, 2):
+    mean 2/3, sd sqrt(7/3), t = 2 / sqrt 7, p_t = 1 - 2 / sqrt 18, sign-flip p = 6/8. Paired by
+    seed: shuffling the seeds of one arm would change every number."""
+    cfg = Table1Config(preset="tiny", seeds=3, losses=("none", "fp", "sn"),
+                       lams=(("fp", 1e-6), ("sn", 1e-2)))
+    base = {0: 10.0, 1: 50.0, 2: 30.0}
+    shift = {"none": (0.0, 0.0, 0.0), "fp": (1.0, 2.0, 3.0), "sn": (1.0, -1.0, 2.0)}
+    for s in plan_runs(cfg, tmp_path):
+        s.run_dir.mkdir()
+        fid = base[s.seed] + shift[s.loss][s.seed]
+        (s.run_dir / "eval.json").write_text(json.dumps(_eval_rec(fid, 0.5, 0.1, 2.0, None, 1.0)))
+    paths = write_tables(cfg, tmp_path)
+    rows = {r["loss"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
+    t = 2.0 * math.sqrt(3.0)
+    assert float(rows["fp"]["fid_diff"]) == pytest.approx(2.0, abs=1e-12)
+    assert float(rows["fp"]["fid_p_t"]) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert float(rows["fp"]["fid_p_signflip"]) == pytest.approx(0.25)
+    assert float(rows["sn"]["fid_diff"]) == pytest.approx(2.0 / 3.0, abs=1e-12)
+    assert float(rows["sn"]["fid_p_t"]) == pytest.approx(1 - 2 / math.sqrt(18), rel=1e-9)
+    assert float(rows["sn"]["fid_p_signflip"]) == pytest.approx(6 / 8)
+    assert float(rows["fp"]["fid_ci_low"]) >= 1.0 - 1e-12
+    assert float(rows["fp"]["fid_ci_high"]) <= 3.0 + 1e-12
+    # identical densities: zero differences, t undefined, sign-flip p = 1
+    assert float(rows["fp"]["density_diff"]) == 0.0
+    assert float(rows["fp"]["density_p_signflip"]) == 1.0
+    assert rows["none"]["fid_diff"] == "" and rows["fp"]["nll_bpd_diff"] == ""  # no NLL values
+    assert float(rows["fp"]["lam"]) == 1e-6 and float(rows["none"]["lam"]) == 0.0
+    md = paths["md"].read_text()
+    assert "| fp | 1e-06 | 3/3 |" in md and "| sn | 0.01 | 3/3 |" in md
+    assert "paired t-test" in md and "sign-flip" in md
+    assert "cannot go below p = 2/2^3 = 0.25" in md
+    assert "| fp | 1e-06 | +2 (0.074, 0.25) |" in md
+    assert "n/a (< 2 paired seeds)" in md  # NLL column
+
+
+def test_significance_pairs_only_common_seeds():
+    from scorefpe.experiments.table1 import significance
+
+    per_seed = {"none": {0: {"fid": 10.0}, 1: {"fid": 20.0}, 2: {"fid": 40.0}},
+                "fp": {0: {"fid": 12.0}, 2: {"fid": 44.0}},  # seed 1 missing
+                "sn": {1: {"fid": 0.0}}}
+    sig = significance(per_seed)
+    assert sig["fp"]["fid"].n == 2 and sig["fp"]["fid"].mean_diff == pytest.approx(3.0)
+    assert sig["sn"]["fid"] is None and sig["fp"]["density"] is None
+    assert significance({"fp": {0: {"fid": 1.0}}}) == {}
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def test_each_run_written_before_the_next_starts(tmp_path, data):
+    """When run 2 starts training, run 1's eval.json and a table holding it are on disk; the
+    progress lines count runs and give an ETA."""
+    out = tmp_path / "exp"
+    seen: dict[str, object] = {}
+
+    def echo(m: str) -> None:
+        log.append(m)
+        if m.startswith("[2/2] sn seed 0: training ("):
+            seen["eval"] = (out / "none-s0" / "eval.json").is_file()
+            rows = list(csv.DictReader(io.StringIO((out / "table1.csv").read_text())))
+            seen["table"] = {r["loss"]: r["fid_n"] for r in rows}
+
+    log: list[str] = []
+    run_table1(_cfg(), out, images=data["images"], reference=data["reference"],
+               lenet=data["lenet"], echo=echo)
+    assert seen == {"eval": True, "table": {"none": "1", "sn": "0"}}
+    assert any("1/2 runs done, 1 left, ETA" in m for m in log)
+    assert any("2/2 runs done, 0 left, ETA 0 s" in m for m in log)
+
+
+def test_progress_bar_on_stderr(tmp_path, data, capsys):
+    out = tmp_path / "exp"
+    run_table1(_cfg(losses=("none",)), out, images=data["images"], reference=data["reference"],
+               lenet=data["lenet"], progress=True)
+    err = capsys.readouterr().err
+    assert "table1 runs" in err and "1/1" in err and "step" in err
+
+
+def test_cpu_preset_code_path_trains_a_tiny_model(tmp_path, data):
+    """The cpu preset's code path (its training preset, learning rates, EMA, evaluation
+    config), shortened: 16 images, batch 8, one epoch = 2 steps."""
+    from scorefpe.training import mnist_run
+    from scorefpe.training.mnist_unet import PRESETS
+
+    cpu = PRESETS["cpu"]
+    run = mnist_run("cpu", penalty="fp", lam=1e-3)
+    assert run.n_train is None and run.model.width == cpu["width"]
+    assert run.train.lr == cpu["lr_fp"] and run.train.ema_decay == cpu["ema_decay"]
+    assert mnist_run("cpu").train.lr == cpu["lr"]
+    cfg = Table1Config(preset="cpu", seeds=1, epochs=1, n_samples=8, steps=2,
+                       losses=("none", "jac"), lams=(("jac", 1e-4),),
+                       extra_train=(("batch_size", 8), ("checkpoint_every", 1),
+                                    ("log_every", 1)),
+                       extra_eval=(("nll_n", 0), ("diag_points", 2), ("diag_n_t", 2)))
+    out = tmp_path / "cpu"
+    paths, log = _run(cfg, out, data)
+    for loss in ("none", "jac"):
+        d = out / f"{loss}-s0"
+        saved = json.loads((d / "config.json").read_text())
+        assert saved["preset"] == "cpu" and saved["model"]["width"] == cpu["width"]
+        assert json.loads((d / TRAIN_MARKER).read_text())["step"] == 2
+        rec = json.loads((d / "eval.json").read_text())
+        assert math.isfinite(rec["fid"])
+    assert json.loads((out / "jac-s0" / "config.json").read_text())["penalty"]["lam"] == 1e-4
+    assert "| jac | 0.0001 | 1/1 |" in paths["md"].read_text()

@@ -415,11 +415,47 @@ def test_save_load_checksum(tmp_path):
     assert not list((tmp_path / "sub").glob("*.tmp"))
 
 
-def test_default_path_follows_env(monkeypatch, tmp_path):
+def test_cache_path_follows_env_default_is_shipped(monkeypatch, tmp_path):
+    from scorefpe.metrics.lenet import cache_lenet_path, shipped_lenet_path
+
     monkeypatch.setenv("SCOREFPE_CACHE", str(tmp_path))
-    assert default_lenet_path() == tmp_path / "lenet" / "lenet.pt"
+    assert cache_lenet_path() == tmp_path / "lenet" / "lenet.pt"
+    assert default_lenet_path() == shipped_lenet_path()  # the cache does not change the default
     monkeypatch.delenv("SCOREFPE_CACHE")
-    assert default_lenet_path().parts[-3:] == ("scorefpe", "lenet", "lenet.pt")
+    assert cache_lenet_path().parts[-3:] == ("scorefpe", "lenet", "lenet.pt")
+
+
+def test_shipped_lenet_loads_checked_and_trained(tmp_path):
+    """The package's weights load without any cache, match the published SHA-256, and are the
+    trained network their record says (>= 99 % test accuracy, parameter digest recomputed)."""
+    import shutil
+
+    from scorefpe.metrics.lenet import (
+        SHIPPED_LENET_SHA256,
+        ChecksumError,
+        file_sha256,
+        shipped_lenet_path,
+        weights_sha256,
+    )
+
+    path = shipped_lenet_path()
+    assert path.is_file() and 100_000 < path.stat().st_size < 1_000_000
+    assert file_sha256(path) == SHIPPED_LENET_SHA256
+    model = load_lenet()
+    assert model.meta["test_accuracy"] >= 0.99
+    assert weights_sha256(model) == model.meta["weights_sha256"]
+    assert weights_sha256(model) != weights_sha256(LeNet(seed=0))
+    # A copy with one byte changed is refused against the published digest.
+    bad = tmp_path / "lenet_mnist.pt"
+    shutil.copy(path, bad)
+    data = bytearray(bad.read_bytes())
+    data[-100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="expected " + SHIPPED_LENET_SHA256):
+        load_lenet(bad, sha256=SHIPPED_LENET_SHA256)
+    loaded = load_lenet(path, sha256=SHIPPED_LENET_SHA256.upper())
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(lenet_features(loaded, x), lenet_features(model, x), rtol=0, atol=0)
 
 
 def test_fid_lenet():
@@ -472,6 +508,12 @@ def test_cli_train_and_eval(monkeypatch, tmp_path):
     out.write_bytes(before[:-1] + bytes([before[-1] ^ 1]))
     res = runner.invoke(main, ["lenet", "eval", "--model", str(out)])
     assert res.exit_code == 2 and "checksum mismatch" in res.output
+    # Without --model: the shipped weights, found with an empty cache.
+    from scorefpe.metrics.lenet import shipped_lenet_path
+
+    res = runner.invoke(main, ["lenet", "eval", "--floor-n", "0"])
+    assert res.exit_code == 0 and "checksum OK" in res.output, res.output
+    assert str(shipped_lenet_path()) in res.output and "0.9924" in res.output
 
 
 def test_cli_bad_input(tmp_path):

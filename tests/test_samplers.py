@@ -362,3 +362,17 @@ def test_bad_pc_and_ode_arguments():
 def test_score_of_wrong_shape_is_rejected(name):
     with pytest.raises(ValueError, match="score_fn must return"):
         get_sampler(name)(lambda x, t: x[:, :1], VPSDE(), (4, 2))
+
+
+def test_rd_sampler_is_pc_without_corrector():
+    """get_sampler("rd") draws exactly what the PC sampler without corrector draws (the chain
+    whose law test_reverse_diffusion_predictor_alone checks), at one score call per step."""
+    sde = SDES["vp"]
+    kw = dict(n_steps=20, t_min=T_MIN, dtype=torch.float64)
+    a = get_sampler("rd")(gaussian_score(sde), sde, (16, 2),
+                          generator=torch.Generator().manual_seed(3), **kw)
+    b = predictor_corrector(gaussian_score(sde), sde, (16, 2), n_corrector=0,
+                            generator=torch.Generator().manual_seed(3), **kw)
+    assert a.nfe == 20 and torch.equal(a.samples, b.samples)
+    with pytest.raises(ValueError, match="snr"):
+        get_sampler("rd")(gaussian_score(sde), sde, (4, 2), snr=0.1, **kw)

@@ -11,6 +11,32 @@ from click.core import ParameterSource
 
 from scorefpe.cli.modelcheck_cmd import add_model_options, run_model_check, sde_from_options
 
+
+def run_model_overlay(models: tuple[str, ...], *, out: str | None, **kw) -> None:
+    """`check --model A --model B ...`: the model check of each (its report in OUT/<name>/),
+    then their curves overlaid in OUT/overlay.png and OUT/overlay.csv. Bad input exits 2."""
+    from pathlib import Path
+
+    from scorefpe._util import atomic_write_text, run_labels
+    from scorefpe.modelcheck.overlay import overlay_csv, plot_overlay
+
+    if out is None:
+        raise click.UsageError("several --model need --out DIR for the overlay figure")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise click.UsageError(f"--out {out!r} exists and is not a directory")
+    try:
+        labels = run_labels(models)
+    except ValueError as err:
+        raise click.UsageError(f"--model: {err}") from None
+    reports = {}
+    for label, spec in zip(labels, models):
+        click.echo(f"== {label} ({spec})")
+        reports[label] = run_model_check(model=spec, out=str(Path(out) / label), **kw)
+    png = plot_overlay(reports, Path(out) / "overlay.png",
+                       title=f"scorefpe check: {len(models)} models, same draws (seed {kw['seed']})")
+    atomic_write_text(Path(out) / "overlay.csv", overlay_csv(reports))
+    click.echo(f"wrote {png} and {Path(out) / 'overlay.csv'}")
+
 # Model options that also define the battery's SDE; every other model option needs --model.
 SDE_PARAMS = ("beta_min", "beta_max", "sigma_min", "sigma_max")
 
@@ -67,27 +93,39 @@ def _model_only_given(ctx: click.Context, model_kw: dict) -> list[str]:
                    "the report's panels over t).")
 @click.option("--no-symbolic", is_flag=True,
               help="Skip the sympy cross-check section (it uses the SDE's default parameters).")
-@add_model_options(skip=("sde", "seed"))
+@click.option("--model", "models", multiple=True, metavar="SPEC",
+              help="MODULE:ATTR, path/to/file.py:ATTR, FILE.pt (TorchScript) or a run "
+                   "directory; a score_fn(x, t), nn.Module or factory. Given several times "
+                   "(e.g. one trained run per loss), each is checked with the same draws and "
+                   "OUT/overlay.png overlays their curves (needs --out).")
+@add_model_options(skip=("sde", "seed", "model"))
 @click.pass_context
 def check(ctx: click.Context, dataset: str, sde_name: str, t_min: float, seed: int,
-          json_path: str | None, plot_path: str | None, no_symbolic: bool, **model_kw) -> None:
+          json_path: str | None, plot_path: str | None, no_symbolic: bool,
+          models: tuple[str, ...], **model_kw) -> None:
     """Check the score-FPE operators against closed-form scores (exit 0 if all pass, 1 if not),
     or, with --model, report how far a user's score model is from the score FPE."""
     if plot_path is not None and not plot_path.lower().endswith(".png"):
         raise click.BadParameter(f"{plot_path!r} must end in .png", param_hint="--plot")
     _check_output_file(json_path, "--json")
     _check_output_file(plot_path, "--plot")
-    if model_kw["model"] is not None:
+    if models:
         battery = _given(ctx, BATTERY_ONLY)
         if battery:
             verb = "applies" if len(battery) == 1 else "apply"
             raise click.UsageError(f"{', '.join(battery)} {verb} only to the battery (without "
                                    "--model); a model check takes its points from --data")
+        if len(models) > 1:
+            if json_path or plot_path:
+                raise click.UsageError("--json/--plot write one model's report; several --model "
+                                       "write each report and OUT/overlay.png under --out DIR")
+            run_model_overlay(models, sde=sde_name, seed=seed, **model_kw)
+            return
         from scorefpe._util import atomic_write_text
 
         # --json / --plot write the model report's JSON / figure (the same content as
         # report.json / report.png under --out), after everything was computed.
-        report = run_model_check(sde=sde_name, seed=seed, **model_kw)
+        report = run_model_check(model=models[0], sde=sde_name, seed=seed, **model_kw)
         if plot_path:
             report.plot(plot_path)
             click.echo(f"wrote {plot_path}")

@@ -9,7 +9,7 @@ import click
 
 from scorefpe.cli._options import FiniteFloat, UNIT_OPEN, old_spelling, output_file, positive_int, threads_option
 
-SAMPLERS = ("em", "pc", "ode")
+SAMPLERS = ("em", "pc", "rd", "ode")
 
 
 def _run_dir(ctx: click.Context, param: click.Parameter, value: str) -> Path:
@@ -39,9 +39,10 @@ def _sample_options(f):
     f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
     f = click.option("--sampler-steps", "steps", type=int, default=500, show_default=True,
                      callback=positive_int,
-                     help="Time steps of em/pc (the ode sampler is adaptive).")(f)
+                     help="Time steps of em/pc/rd (the ode sampler is adaptive).")(f)
     f = click.option("--sampler", type=str, default="pc", show_default=True,
-                     callback=_sampler_choice, help="em, pc or ode.")(f)
+                     callback=_sampler_choice,
+                     help="em, pc, rd (pc without corrector) or ode.")(f)
     f = click.option("--n-samples", "n", type=int, default=10_000, show_default=True,
                      callback=positive_int,
                      help="Number of samples.")(f)

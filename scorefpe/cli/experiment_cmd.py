@@ -10,7 +10,7 @@ from typing import Callable
 
 import click
 
-from scorefpe.cli._options import NONNEG_FLOAT, old_spelling, output_dir, parse_floats, positive_int, threads_option
+from scorefpe.cli._options import POS_FLOAT, old_spelling, output_dir, parse_floats, positive_int, threads_option
 
 
 def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str,
@@ -35,6 +35,20 @@ def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _lams(ctx: click.Context, param: click.Parameter,
+          value: str | None) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """--lam: one number or name=value pairs (`scorefpe.experiments.table1.parse_lams`)."""
+    from scorefpe.experiments.table1 import parse_lams
+
+    if value is None:
+        return None, ()
+    try:
+        return parse_lams(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
+
 @click.group("experiment")
 def experiment() -> None:
     """Experiments of the papers, built from train / eval / report."""
@@ -44,13 +58,23 @@ def experiment() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, callback=output_dir,
               help="Experiment directory (new, empty, or one from an earlier call to resume).")
 @click.option("--preset", type=str, default="smoke", show_default=True,
-              help="smoke or tiny (tiny: the whole table in a few CPU minutes).")
+              help="smoke, tiny (the whole table in a few CPU minutes; both for tests), cpu "
+                   "(60,000 digits, 3 seeds, 10,000 samples: docs/results/mnist_cpu_tradeoff.md) "
+                   "or paper (the 2026 paper's 200 epochs at width 1: a GPU, "
+                   "scripts/gpu_table1.sh).")
 @click.option("--seeds", type=int, default=None, callback=positive_int,
-              help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1).")
+              help="Seeds 0..N-1 per loss (default: the preset's, smoke 3, tiny 1, cpu 3).")
 @click.option("--epochs", type=int, default=None, callback=positive_int,
               help="Training epochs (default: the preset's).")
-@click.option("--lam", type=NONNEG_FLOAT, default=1e-3, show_default=True,
-              help="Penalty weight lambda of fp/sn/jac/div.")
+@click.option("--width", type=POS_FLOAT, default=None,
+              help="U-Net width factor (default: the preset's).")
+@click.option("--n-train", type=int, default=None, callback=positive_int,
+              help="Train on the first N digits (default: the preset's).")
+@click.option("--lam", "lam_spec", type=str, default=None, callback=_lams,
+              help="Penalty weight lambda: one number for fp/sn/jac/div, or name=value pairs "
+                   "(e.g. fp=1e-6,sn=1e-2; unnamed penalties keep the preset's). Default: the "
+                   "preset's (1e-3 each; the cpu preset's are PLACEHOLDERS until its lambda scan "
+                   "is run).")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
 @click.option("--sampler-steps", "steps", type=int, default=None, callback=positive_int,
@@ -59,20 +83,24 @@ def experiment() -> None:
               help="MNIST directory (default: the cache).")
 @threads_option
 @old_spelling("--steps", "--sampler-steps", "steps", type=int, callback=positive_int)
-def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, lam: float,
+def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width: float | None,
+           n_train: int | None, lam_spec: tuple[float | None, tuple[tuple[str, float], ...]],
            n_samples: int | None, steps: int | None, data_dir: Path | None) -> None:
     """Train (or reuse) none/fp/sn/jac/div x seeds, evaluate each, and write Table I.
 
     Writes OUT/table1.md, OUT/table1.csv (mean ± std over seeds of FID, density, coverage,
-    entropy, NLL bits/dim, time per epoch), OUT/report.md and OUT/report_diagnostics.png.
+    entropy, NLL bits/dim, time per epoch, each loss's lambda, and each penalty's paired
+    difference against none with the t-test and sign-flip p-values), OUT/report.md and
+    OUT/report_diagnostics.png; the tables are rewritten after every run.
     Run it again after an interruption: finished trainings and evaluations are skipped, and a
     killed training resumes from its last checkpoint.
     """
     from scorefpe.experiments.table1 import Table1Config, check_experiment_dir, run_table1
 
+    lam, lams = lam_spec
     try:
-        cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam,
-                           n_samples=n_samples, steps=steps)
+        cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam, lams=lams,
+                           width=width, n_train=n_train, n_samples=n_samples, steps=steps)
         check_experiment_dir(out)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

@@ -35,7 +35,8 @@ def lenet() -> None:
 @click.option("--weights", "out_path", type=click.Path(dir_okay=False), default=None,
               callback=output_file,
               help="Weights file to write (default: $SCOREFPE_CACHE/lenet/lenet.pt); "
-                   "FILE.sha256 is written beside it.")
+                   "FILE.sha256 is written beside it. The metrics use the weights shipped in "
+                   "the package unless given this file's path.")
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=POS_FLOAT, default=2e-3, show_default=True,
@@ -53,14 +54,14 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
 
     from scorefpe.metrics.lenet import (
         LeNetTrainConfig,
-        default_lenet_path,
+        cache_lenet_path,
         file_sha256,
         lenet_train_record,
         save_lenet,
         train_lenet,
     )
 
-    out = Path(out_path) if out_path is not None else default_lenet_path()
+    out = Path(out_path) if out_path is not None else cache_lenet_path()
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists; pass --force to overwrite it")
     if out.suffix == ".sha256":
@@ -98,7 +99,7 @@ def train(data_dir: str | None, out_path: str | None, epochs: int, batch_size: i
 
 @lenet.command("eval")
 @click.option("--weights", "model_path", type=click.Path(dir_okay=False), default=None,
-              help="Weights file (default: $SCOREFPE_CACHE/lenet/lenet.pt).")
+              help="Weights file (default: the weights shipped in the package).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="MNIST directory (default: the scorefpe cache).")
 @click.option("--floor-n", type=click.IntRange(min=0, max=60000), default=10000, show_default=True,
@@ -118,7 +119,7 @@ def evaluate(model_path: str | None, data_dir: str | None, floor_n: int) -> None
 
     path = Path(model_path) if model_path is not None else default_lenet_path()
     try:
-        model = load_lenet(path)
+        model = load_lenet(path if model_path is not None else None)
     except (FileNotFoundError, ValueError) as err:  # ChecksumError is a ValueError
         raise click.UsageError(str(err)) from err
     click.echo(f"{path}: checksum OK; weights sha256 {weights_sha256(model)}")

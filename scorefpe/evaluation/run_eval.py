@@ -74,7 +74,7 @@ def _pos_int(name: str, v: Any) -> None:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How to draw samples from a run: sampler ('em', 'pc', 'ode'), n samples, steps (SDE
+    """How to draw samples from a run: sampler ('em', 'pc', 'rd', 'ode'), n samples, steps (SDE
     samplers; the ODE is adaptive and ignores it), seed, batch size, end time t_min, PC snr.
 
     Raises:
@@ -341,6 +341,9 @@ class EvalResult:
     diagnostics_png: str | None
     machine: str
     seconds: float
+    # The feature extractor the numbers depend on: `weights_sha256` of the LeNet's parameters
+    # (the shipped file's is in docs/metrics.md).
+    lenet_weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -367,7 +370,7 @@ def evaluate_run(
         FileNotFoundError: no run dir, no LeNet weights, no MNIST test set.
         ValueError: a run that cannot be loaded.
     """
-    from scorefpe.metrics.lenet import lenet_features, lenet_probs, load_lenet
+    from scorefpe.metrics.lenet import lenet_features, lenet_probs, load_lenet, weights_sha256
     from scorefpe.metrics.sample_quality import (
         class_entropy,
         density_coverage,
@@ -448,6 +451,7 @@ def evaluate_run(
         diagnostics_png=diag_png,
         machine=machine_description(),
         seconds=time.perf_counter() - t_start,
+        lenet_weights_sha256=weights_sha256(lenet),
     )
 
 

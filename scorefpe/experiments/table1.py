@@ -13,8 +13,14 @@ diagnostics figure. Every step is resumable:
   is not evaluated again; samples are reused by `load_or_sample` when they match.
 
 Files are written atomically, so an interruption at any moment leaves either the old or the new
-file. The std over seeds is the sample standard deviation (ddof = 1); with one seed it is
-left out (the cell shows the mean alone).
+file; each run's eval.json and the tables are written before the next run starts. The std over
+seeds is the sample standard deviation (ddof = 1); with one seed it is left out (the cell shows
+the mean alone).
+
+Each penalty has its own lambda (`Table1Config.lams`, the preset's by default), printed in its
+row. Next to the means, every penalty is compared with the `none` baseline paired by seed
+(`significance`: paired t-test, exact sign-flip test and bootstrap interval of the mean
+difference, from `scorefpe.experiments.significance`).
 """
 
 from __future__ import annotations
@@ -36,11 +42,16 @@ from scorefpe.evaluation.run_eval import EVAL_JSON, EvalConfig, SampleConfig
 Tensor = torch.Tensor
 
 LOSSES: tuple[str, ...] = ("none", "fp", "sn", "jac", "div")
+PENALTIES: tuple[str, ...] = LOSSES[1:]  # the losses with a weight lambda
+BASELINE = "none"
 EXPERIMENT_JSON = "experiment.json"
 TRAIN_MARKER = "table1_train.json"
 TABLE_MD = "table1.md"
 TABLE_CSV = "table1.csv"
 LAM_DEFAULT = 1e-3  # the training CLI's default; the 2026 paper states no lambda
+# Metrics compared against the baseline by the paired tests (time per epoch is a cost, not an
+# outcome of the seed's draws).
+SIGNIFICANCE_METRICS: tuple[str, ...] = ("fid", "density", "coverage", "entropy_nats", "nll_bpd")
 
 # The columns of Table I: (key, header, how to read the value from an eval.json dict).
 METRICS: tuple[tuple[str, str], ...] = (
@@ -57,13 +68,17 @@ __all__ = [
     "ExperimentPreset",
     "LOSSES",
     "METRICS",
+    "PENALTIES",
     "RunSpec",
     "Table1Config",
     "aggregate",
     "check_experiment_dir",
     "eval_metrics",
+    "parse_lams",
     "plan_runs",
     "run_table1",
+    "significance",
+    "significance_markdown",
     "table_csv",
     "table_markdown",
 ]
@@ -74,6 +89,8 @@ class ExperimentPreset:
     """Training preset of `mnist_run` with overrides, default seeds, and evaluation settings.
 
     n_reference: real test images used for FID/density/coverage (None: all 10,000).
+    lams: the default penalty weight of each penalty (fp, sn, jac, div); a penalty not named
+        gets LAM_DEFAULT. source: where the values come from (printed in the table's header).
     """
 
     train_preset: str
@@ -81,7 +98,15 @@ class ExperimentPreset:
     seeds: int
     eval: EvalConfig
     n_reference: int | None
+    lams: tuple[tuple[str, float], ...] = ()
+    source: str = ""
 
+
+# Each penalty's weight at the cpu scale, from the lambda scan of
+# docs/results/mnist_cpu_tradeoff.md. PLACEHOLDERS (1e-3 each, the old single default) until
+# that scan is run.
+CPU_LAMS: tuple[tuple[str, float], ...] = (("fp", 1e-3), ("sn", 1e-3), ("jac", 1e-3),
+                                           ("div", 1e-3))
 
 EXPERIMENT_PRESETS: dict[str, ExperimentPreset] = {
     # The smoke training preset (4,096 digits, width 0.25, 3 epochs) and an evaluation at the
@@ -104,43 +129,142 @@ EXPERIMENT_PRESETS: dict[str, ExperimentPreset] = {
                         nll_n=4, nll_rtol=1e-4, nll_atol=1e-4, diag_points=8, diag_n_t=5),
         n_reference=2000,
     ),
+    # Issue 14: the `cpu` training preset (all 60,000 digits, the width and epochs measured to
+    # fit 15 minutes of training on 2 CPU cores), 3 seeds, 10,000 samples against the 10,000
+    # test digits. Sampler, steps and every lambda: PLACEHOLDERS until the trade-off and the
+    # lambda scan of docs/results/mnist_cpu_tradeoff.md are final.
+    "cpu": ExperimentPreset(
+        train_preset="cpu",
+        train_overrides=(),
+        seeds=3,
+        eval=EvalConfig(sample=SampleConfig(n=10_000, sampler="em", steps=100, batch_size=500),
+                        nll_n=64, diag_points=32, diag_n_t=9),
+        n_reference=None,
+        lams=CPU_LAMS,
+        source="docs/results/mnist_cpu_tradeoff.md (lambdas: placeholders until the scan is run)",
+    ),
+    # The 2026 paper's set-up for a GPU (scripts/gpu_table1.sh runs it in resumable chunks):
+    # 60,000 digits, width 1, batch 32, 200 epochs, 3 seeds, 10,000 samples by PC (500 steps,
+    # 1,000 NFE) against the 10,000 test digits. The paper states no lambda: the cpu preset's.
+    "paper": ExperimentPreset(
+        train_preset="paper",
+        train_overrides=(),
+        seeds=3,
+        eval=EvalConfig(sample=SampleConfig(n=10_000, sampler="pc", steps=500, batch_size=1000),
+                        nll_n=256, diag_points=64, diag_n_t=9),
+        n_reference=None,
+        lams=CPU_LAMS,
+        source="the 2026 paper (Sec. IV); lambdas: the cpu preset's placeholders",
+    ),
 }
+
+
+def parse_lams(spec: str) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """Parse a --lam value: one number (every penalty) or ``name=value`` pairs separated by
+    commas (``fp=1e-6,sn=1e-2``; penalties not named keep the preset's weight).
+
+    Returns (lam for every penalty or None, ((penalty, lam), ...)).
+
+    Raises:
+        ValueError: an unknown penalty name (naming the valid ones), a repeated name, a value
+            that is not a number, not finite, or not > 0.
+    """
+    def num(name: str, text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"lambda of {name} must be a number, got {text!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"lambda of {name} must be positive and finite, got {text!r}")
+        return v
+
+    text = spec.strip()
+    if "=" not in text:
+        return num("every penalty", text), ()
+    pairs: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ValueError(f"expected name=value pairs like fp=1e-6,sn=1e-2, got {item!r}")
+        if name not in PENALTIES:
+            raise ValueError(f"unknown penalty {name!r} in --lam; choose among {list(PENALTIES)}")
+        if name in pairs:
+            raise ValueError(f"penalty {name!r} is given twice in --lam")
+        pairs[name] = num(name, value.strip())
+    if not pairs:
+        raise ValueError(f"expected a number or name=value pairs, got {spec!r}")
+    return None, tuple(pairs.items())
 
 
 @dataclass(frozen=True)
 class Table1Config:
-    """One Table I experiment: preset, number of seeds (0..seeds-1), epochs (None: the
-    preset's), penalty weight lam, sample count and sampler steps (None: the preset's), the
-    losses, and extra `mnist_run` overrides / `EvalConfig` fields on top of the preset.
+    """One Table I experiment: preset, number of seeds (0..seeds-1), epochs, width and n_train
+    (None: the preset's), penalty weights, sample count and sampler steps (None: the preset's),
+    the losses, and extra `mnist_run` overrides / `EvalConfig` fields on top of the preset.
+
+    The weight of penalty p is ``dict(lams)[p]`` if given, else ``lam`` if given, else the
+    preset's (`ExperimentPreset.lams`, then LAM_DEFAULT); `lam_of` resolves it. "none" has 0.
 
     Raises:
-        ValueError: unknown preset (naming the valid ones), seeds/epochs/n_samples/steps < 1,
-            lam not finite and > 0.
+        ValueError: unknown preset (naming the valid ones), seeds/epochs/n_train/n_samples/steps
+            < 1, width not > 0, a lambda not finite and > 0, a lams name that is not a penalty.
     """
 
     preset: str = "tiny"
     seeds: int | None = None
     epochs: int | None = None
-    lam: float = LAM_DEFAULT
+    lam: float | None = None
     n_samples: int | None = None
     steps: int | None = None
     losses: tuple[str, ...] = LOSSES
     extra_train: tuple[tuple[str, Any], ...] = field(default=())
     extra_eval: tuple[tuple[str, Any], ...] = field(default=())
+    lams: tuple[tuple[str, float], ...] = field(default=())
+    width: float | None = None
+    n_train: int | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in EXPERIMENT_PRESETS:
             raise ValueError(
                 f"unknown preset {self.preset!r}; choose one of {sorted(EXPERIMENT_PRESETS)}")
-        for name in ("seeds", "epochs", "n_samples", "steps"):
+        for name in ("seeds", "epochs", "n_samples", "steps", "n_train"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam > 0):
-            raise ValueError(f"lam must be positive and finite, got {self.lam!r}")
+        if self.width is not None and not (
+                isinstance(self.width, (int, float)) and math.isfinite(self.width)
+                and self.width > 0):
+            raise ValueError(f"width must be positive and finite, got {self.width!r}")
+        named = [("lam", self.lam)] if self.lam is not None else []
+        for name, v in named + [(f"lambda of {k}", v) for k, v in self.lams]:
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be positive and finite, got {v!r}")
+        bad_lams = [k for k, _ in self.lams if k not in PENALTIES]
+        if bad_lams:
+            raise ValueError(f"unknown penalties {bad_lams!r} in lams; choose among "
+                             f"{list(PENALTIES)}")
         bad = [x for x in self.losses if x not in LOSSES]
         if bad or not self.losses:
             raise ValueError(f"unknown losses {bad!r}; choose among {list(LOSSES)}")
+
+    def lam_of(self, loss: str) -> float:
+        """The penalty weight lambda of ``loss`` (0 for none); see the class docstring."""
+        if loss == BASELINE:
+            return 0.0
+        given = dict(self.lams)
+        if loss in given:
+            return float(given[loss])
+        if self.lam is not None:
+            return float(self.lam)
+        return float(dict(self.spec.lams).get(loss, LAM_DEFAULT))
+
+    @property
+    def resolved_lams(self) -> dict[str, float]:
+        """loss -> lambda for every loss of the experiment (none: 0)."""
+        return {loss: self.lam_of(loss) for loss in self.losses}
 
     @property
     def spec(self) -> ExperimentPreset:
@@ -164,7 +288,8 @@ class Table1Config:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": "table1", "preset": self.preset, "seeds": self.n_seeds, "epochs": self.epochs,
-            "lam": self.lam, "n_samples": self.n_samples, "steps": self.steps,
+            "lams": self.resolved_lams, "width": self.width, "n_train": self.n_train,
+            "n_samples": self.n_samples, "steps": self.steps,
             "losses": list(self.losses), "extra_train": [list(kv) for kv in self.extra_train],
             "extra_eval": [list(kv) for kv in self.extra_eval],
         }
@@ -182,7 +307,7 @@ class RunSpec:
 
 def plan_runs(cfg: Table1Config, out: str | Path) -> list[RunSpec]:
     """The (loss, seed) runs of the experiment, loss-major, with their resolved configurations
-    (lambda = cfg.lam for the penalties, 0 for none)."""
+    (lambda = cfg.lam_of(loss): 0 for none)."""
     from scorefpe.training import mnist_run
 
     out = Path(out)
@@ -192,10 +317,10 @@ def plan_runs(cfg: Table1Config, out: str | Path) -> list[RunSpec]:
             kw: dict[str, Any] = dict(cfg.spec.train_overrides)
             kw.update(dict(cfg.extra_train))
             kw["seed"] = seed
-            if cfg.epochs is not None:
-                kw["epochs"] = cfg.epochs
-            run = mnist_run(cfg.spec.train_preset, penalty=loss,
-                            lam=0.0 if loss == "none" else cfg.lam, **kw)
+            for name in ("epochs", "width", "n_train"):
+                if getattr(cfg, name) is not None:
+                    kw[name] = getattr(cfg, name)
+            run = mnist_run(cfg.spec.train_preset, penalty=loss, lam=cfg.lam_of(loss), **kw)
             specs.append(RunSpec(loss, seed, out / f"{loss}-s{seed}", run))
     return specs
 
@@ -332,59 +457,185 @@ def _cell(s: dict[str, Any]) -> str:
     return m if s["std"] is None else f"{m} ± {s['std']:.2g}"
 
 
-def table_markdown(agg: dict[str, dict[str, Any]], n_seeds: int) -> str:
-    """Table I as a markdown table: one row per loss, mean ± std over seeds."""
-    head = "| loss | seeds | " + " | ".join(h for _, h in METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 2)]
+def _fmt_lam(v: float) -> str:
+    return "0" if v == 0 else format(v, "g")
+
+
+def table_markdown(agg: dict[str, dict[str, Any]], n_seeds: int,
+                   lams: dict[str, float] | None = None) -> str:
+    """Table I as a markdown table: one row per loss, mean ± std over seeds; with ``lams``
+    (loss -> lambda) a lambda column after the loss."""
+    lam_head = "lambda | " if lams is not None else ""
+    head = f"| loss | {lam_head}seeds | " + " | ".join(h for _, h in METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 2 + (lams is not None))]
     for loss, row in agg.items():
         n = max((row[k]["n"] for k, _ in METRICS), default=0)
-        lines.append(f"| {loss} | {n}/{n_seeds} | " + " | ".join(_cell(row[k]) for k, _ in METRICS)
-                     + " |")
+        lam = f"{_fmt_lam(lams[loss])} | " if lams is not None else ""
+        lines.append(f"| {loss} | {lam}{n}/{n_seeds} | "
+                     + " | ".join(_cell(row[k]) for k, _ in METRICS) + " |")
     return "\n".join(lines) + "\n"
 
 
-def table_csv(agg: dict[str, dict[str, Any]]) -> str:
-    """Table I as CSV: loss, then <metric>_mean, <metric>_std, <metric>_n for each metric."""
+def significance(per_seed: dict[str, dict[int, dict[str, float | None]]], *,
+                 baseline: str = BASELINE, n_boot: int = 10_000,
+                 seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Paired comparison of every loss with the baseline, per metric of SIGNIFICANCE_METRICS.
+
+    per_seed: loss -> seed -> `eval_metrics` dict. For a loss L and metric m the pairs are the
+    seeds where both L and the baseline have a value of m; d_i = m(L, seed i) - m(baseline,
+    seed i), and `scorefpe.experiments.significance.paired_comparison` gives the paired t-test,
+    the exact sign-flip test and the bootstrap interval of mean(d).
+
+    Returns loss -> metric -> `PairedComparison` (None when fewer than 2 seeds pair up), for
+    every loss but the baseline; {} when the baseline has no runs.
+    """
+    from scorefpe.experiments.significance import paired_comparison
+
+    base = per_seed.get(baseline)
+    if not base:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for loss, runs in per_seed.items():
+        if loss == baseline:
+            continue
+        out[loss] = {}
+        for key in SIGNIFICANCE_METRICS:
+            seeds = sorted(s for s in runs if s in base and runs[s].get(key) is not None
+                           and base[s].get(key) is not None)
+            if len(seeds) < 2:
+                out[loss][key] = None
+                continue
+            out[loss][key] = paired_comparison([runs[s][key] for s in seeds],
+                                               [base[s][key] for s in seeds],
+                                               n_boot=n_boot, seed=seed)
+    return out
+
+
+def _p(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else format(v, ".2g")
+
+
+def significance_markdown(sig: dict[str, dict[str, Any]], lams: dict[str, float] | None = None,
+                          baseline: str = BASELINE) -> str:
+    """The paired differences as a markdown table: one row per penalty, per metric the mean
+    difference against the baseline with the t-test p and the sign-flip p, plus a note on the
+    smallest sign-flip p the number of seeds allows."""
+    heads = dict(METRICS)
+    lines = ["| loss | " + ("lambda | " if lams is not None else "")
+             + " | ".join(f"Δ {heads[k]} (p_t, p_sf)" for k in SIGNIFICANCE_METRICS) + " |",
+             "|" + "---|" * (len(SIGNIFICANCE_METRICS) + 1 + (lams is not None))]
+    ns: set[int] = set()
+    for loss, row in sig.items():
+        cells = []
+        for key in SIGNIFICANCE_METRICS:
+            c = row[key]
+            if c is None:
+                cells.append("n/a (< 2 paired seeds)")
+                continue
+            ns.add(c.n)
+            cells.append(f"{c.mean_diff:+.4g} ({_p(c.p_ttest)}, {_p(c.p_signflip)})")
+        lam = f"{_fmt_lam(lams[loss])} | " if lams is not None else ""
+        lines.append(f"| {loss} | {lam}" + " | ".join(cells) + " |")
+    notes = [f"With n = {n} paired seeds the sign-flip test cannot go below p = 2/2^{n} = "
+             f"{2.0 / 2 ** n:.3g}." for n in sorted(ns)]
+    return "\n".join(lines) + "\n" + ("\n" + " ".join(notes) + "\n" if notes else "")
+
+
+SIGNIFICANCE_HEADER = (
+    "Significance: for each penalty and metric, Δ = mean over seeds of (penalty − {base}) with "
+    "the runs paired by seed (same initialisation, data order and sampler noise). p_t: "
+    "two-sided paired t-test (Student, n − 1 degrees of freedom; assumes normal differences). "
+    "p_sf: exact two-sided sign-flip (permutation) test over the 2^n sign patterns of the "
+    "differences (distribution-free; its smallest attainable p is 2/2^n, so with 3 seeds it "
+    "cannot go below p = 0.25 and cannot reject at 5 %). table1.csv also holds the 95 % "
+    "percentile bootstrap interval of Δ (resampling seeds).")
+
+
+def table_csv(agg: dict[str, dict[str, Any]], lams: dict[str, float] | None = None,
+              sig: dict[str, dict[str, Any]] | None = None) -> str:
+    """Table I as CSV: loss, (lam), then <metric>_mean, <metric>_std, <metric>_n for each
+    metric; with ``sig`` also <m>_diff, <m>_p_t, <m>_p_signflip, <m>_ci_low, <m>_ci_high for
+    each metric of SIGNIFICANCE_METRICS (empty for the baseline and where not computable)."""
+    sig_cols = ("diff", "p_t", "p_signflip", "ci_low", "ci_high")
+    sig_attr = ("mean_diff", "p_ttest", "p_signflip", "ci_low", "ci_high")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["loss"] + [f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std", "n")])
+    head = ["loss"] + (["lam"] if lams is not None else [])
+    head += [f"{k}_{s}" for k, _ in METRICS for s in ("mean", "std", "n")]
+    if sig is not None:
+        head += [f"{k}_{c}" for k in SIGNIFICANCE_METRICS for c in sig_cols]
+    w.writerow(head)
     for loss, row in agg.items():
-        w.writerow([loss] + ["" if row[k][s] is None else row[k][s]
-                             for k, _ in METRICS for s in ("mean", "std", "n")])
+        line: list[Any] = [loss] + ([lams[loss]] if lams is not None else [])
+        line += ["" if row[k][s] is None else row[k][s]
+                 for k, _ in METRICS for s in ("mean", "std", "n")]
+        if sig is not None:
+            for k in SIGNIFICANCE_METRICS:
+                c = sig.get(loss, {}).get(k)
+                line += ["" if c is None else getattr(c, a) for a in sig_attr]
+        w.writerow(line)
     return buf.getvalue()
 
 
+def collect_values(cfg: Table1Config,
+                   out: str | Path) -> dict[str, dict[int, dict[str, float | None]]]:
+    """loss -> seed -> `eval_metrics` of every planned run under ``out`` that has an eval.json."""
+    values: dict[str, dict[int, dict[str, float | None]]] = {loss: {} for loss in cfg.losses}
+    for sp in plan_runs(cfg, out):
+        p = sp.run_dir / EVAL_JSON
+        if p.is_file():
+            values[sp.loss][sp.seed] = eval_metrics(json.loads(p.read_text()))
+    return values
+
+
 def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
-    """Collect the eval.json of every planned run under ``out`` and write table1.md / .csv.
+    """Collect the eval.json of every planned run under ``out`` and write table1.md / .csv:
+    mean ± std over seeds with each loss's lambda, and the paired comparison of every penalty
+    with the baseline (`significance`).
 
     Runs without an eval.json are left out of the mean (the seeds column shows how many count).
     """
     out = Path(out)
-    specs = plan_runs(cfg, out)
-    values: dict[str, list[dict[str, float | None]]] = {loss: [] for loss in cfg.losses}
-    for sp in specs:
-        p = sp.run_dir / EVAL_JSON
-        if p.is_file():
-            values[sp.loss].append(eval_metrics(json.loads(p.read_text())))
-    agg = aggregate(values)
+    per_seed = collect_values(cfg, out)
+    agg = aggregate({loss: list(v.values()) for loss, v in per_seed.items()})
+    sig = significance(per_seed) if BASELINE in cfg.losses else {}
+    lams = cfg.resolved_lams
     ecfg = cfg.eval_config()
     s = ecfg.sample
-    run0 = specs[0].run
-    md = "\n".join([
+    run0 = plan_runs(cfg, out)[0].run
+    src = f" Preset values from {cfg.spec.source}." if cfg.spec.source else ""
+    digests = sorted({json.loads(p.read_text()).get("lenet_weights_sha256") or "not recorded"
+                      for p in out.glob(f"*-s*/{EVAL_JSON}")})
+    md = [
         f"# Table I ({cfg.preset} preset): mean ± std over seeds", "",
-        f"Training: preset `{cfg.spec.train_preset}` with {dict(cfg.spec.train_overrides)}, "
+        f"Training (resolved settings): preset `{cfg.spec.train_preset}`, "
         f"epochs {run0.train.epochs}, batch {run0.train.batch_size}, width {run0.model.width}, "
-        f"n_train {run0.n_train}, lambda {cfg.lam} for fp/sn/jac/div.",
+        f"n_train {run0.n_train or 60000}, lr {run0.train.lr}, EMA {run0.train.ema_decay}; "
+        f"lambda per loss in the lambda column.{src}",
         f"Evaluation: {s.n} samples by `{s.sampler}` ({s.steps} steps), "
         f"{'all' if cfg.spec.n_reference is None else cfg.spec.n_reference} test images as "
         f"reference, NLL on {ecfg.nll_n} test images. ± is the sample std over seeds (none for "
-        "one seed).", "",
-        table_markdown(agg, cfg.n_seeds),
-    ])
+        "one seed).",
+        f"LeNet feature extractor (weights_sha256 of its parameters): {', '.join(digests)}"
+        + (" (several: the rows are not comparable)" if len(digests) > 1 else "") + ".", "",
+        table_markdown(agg, cfg.n_seeds, lams),
+    ]
+    if sig:
+        md += ["## Paired differences against `none`", "",
+               SIGNIFICANCE_HEADER.format(base=BASELINE), "",
+               significance_markdown(sig, lams)]
     paths = {"md": out / TABLE_MD, "csv": out / TABLE_CSV}
-    atomic_write_text(paths["md"], md)
-    atomic_write_text(paths["csv"], table_csv(agg))
+    atomic_write_text(paths["md"], "\n".join(md))
+    atomic_write_text(paths["csv"], table_csv(agg, lams, sig if sig else None))
     return paths
+
+
+def _duration(seconds: float) -> str:
+    """A duration for a progress line: "42 s", "17 min", "3 h 05 min"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    m = round(seconds / 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
 
 
 def run_table1(
@@ -401,67 +652,103 @@ def run_table1(
     """Train and evaluate every (loss, seed) of ``cfg`` under ``out``, skipping finished work,
     then write table1.md, table1.csv and report.md (with report_diagnostics.png).
 
+    Each run's eval.json, and the tables with every run finished so far, are written before the
+    next run starts, so a stop loses at most the run in progress (which resumes from its last
+    checkpoint). progress: a tqdm bar of runs on stderr (runs done / total, ETA from the mean
+    measured time of the runs trained or evaluated in this call) above the training loop's own
+    bar (step, epoch); echo gets the same ETA in its per-run line.
+
     images: training images (N, 1, 28, 28) in [0, 1] (default: the cached MNIST digits of the
     preset). reference / lenet: passed to `evaluate_run` (default: the MNIST test images,
-    truncated to the preset's n_reference, and the saved LeNet). echo: called with one progress
-    line per stage. Cost: 5 x seeds trainings and evaluations.
+    truncated to the preset's n_reference, and the shipped LeNet). echo: called with one
+    progress line per stage. Cost: 5 x seeds trainings and evaluations.
 
     Raises:
         ValueError: ``out`` is not an experiment directory, an experiment.json with other
             settings, or what training/evaluation raise for bad settings.
         FileNotFoundError: no MNIST cache / LeNet weights.
     """
+    import time
+
     from scorefpe.evaluation.run_eval import collect_report, evaluate_run, write_eval
 
     say = echo if echo is not None else (lambda _m: None)
     out = Path(out)
     check_experiment_dir(out)
     marker = out / EXPERIMENT_JSON
+    new = cfg.to_dict()
     if marker.is_file():
         old = json.loads(marker.read_text())
-        keep = ("preset", "lam", "n_samples", "steps", "extra_train", "extra_eval")
-        new = cfg.to_dict()
+        if "lams" not in old and "lam" in old:  # written before lambdas were per penalty
+            old["lams"] = {loss: 0.0 if loss == BASELINE else old["lam"]
+                           for loss in old.get("losses", LOSSES)}
+        keep = ("preset", "lams", "width", "n_train", "n_samples", "steps", "extra_train",
+                "extra_eval")
         diff = [k for k in keep if old.get(k, [] if k.startswith("extra") else None) != new[k]]
         if diff:
             raise ValueError(f"{out} holds an experiment with other settings ({', '.join(diff)}); "
                              "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(marker, json.dumps(new, indent=2, sort_keys=True) + "\n")
     specs = plan_runs(cfg, out)
     ecfg = cfg.eval_config()
     total = len(specs)
-    for i, sp in enumerate(specs, 1):
-        tag = f"[{i}/{total}] {sp.loss} seed {sp.seed}"
-        if _training_done(sp):
-            say(f"{tag}: training finished earlier, reused")
-        else:
-            say(f"{tag}: training ({sp.run.train.epochs} epochs) -> {sp.run_dir}")
-            how = train_one(sp, images=images, data_dir=data_dir, progress=progress)
-            say(f"{tag}: training done ({how})")
-        if _eval_done(sp, ecfg):
-            say(f"{tag}: eval.json with these settings exists, reused")
-            continue
-        if reference is None:
-            from scorefpe.data.mnist import mnist_tensor
+    done = sum(_eval_done(sp, ecfg) for sp in specs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-            reference, _ = mnist_tensor("test", data_dir=data_dir, n=cfg.spec.n_reference)
-        if lenet is None:
-            from scorefpe.metrics.lenet import load_lenet
+        bar = tqdm(total=total, initial=done, desc="table1 runs", unit="run", position=0,
+                   dynamic_ncols=True)
+    worked: list[float] = []  # seconds of each run trained or evaluated in this call
+    try:
+        for i, sp in enumerate(specs, 1):
+            tag = f"[{i}/{total}] {sp.loss} seed {sp.seed}"
+            if _training_done(sp) and _eval_done(sp, ecfg):
+                say(f"{tag}: training finished earlier, reused")
+                say(f"{tag}: eval.json with these settings exists, reused")
+                continue
+            t0 = time.perf_counter()
+            if _training_done(sp):
+                say(f"{tag}: training finished earlier, reused")
+            else:
+                say(f"{tag}: training ({sp.run.train.epochs} epochs, lambda "
+                    f"{_fmt_lam(sp.run.penalty.lam)}) -> {sp.run_dir}")
+                how = train_one(sp, images=images, data_dir=data_dir, progress=progress)
+                say(f"{tag}: training done ({how})")
+            if reference is None:
+                from scorefpe.data.mnist import mnist_tensor
 
-            lenet = load_lenet()
-        say(f"{tag}: evaluating")
-        res = evaluate_run(sp.run_dir, ecfg, reference=reference, lenet=lenet, progress=progress,
-                           echo=lambda m, t=tag: say(f"{t}:   {m}"))
-        write_eval(res, sp.run_dir)
-        nll = res.nll
-        say(f"{tag}: FID {res.fid:.4g}, density {res.density:.3f}, coverage {res.coverage:.3f}, "
-            f"entropy {res.entropy_nats:.3f}, NLL "
-            f"{'n/a' if nll is None else format(nll['bpd'], '.3f')} bits/dim "
-            f"({res.seconds:.1f} s)")
+                reference, _ = mnist_tensor("test", data_dir=data_dir, n=cfg.spec.n_reference)
+            if lenet is None:
+                from scorefpe.metrics.lenet import load_lenet
+
+                lenet = load_lenet()
+            say(f"{tag}: evaluating")
+            res = evaluate_run(sp.run_dir, ecfg, reference=reference, lenet=lenet,
+                               progress=progress, echo=lambda m, t=tag: say(f"{t}:   {m}"))
+            write_eval(res, sp.run_dir)
+            # The tables after every run: a stop between runs leaves them current.
+            write_tables(cfg, out)
+            worked.append(time.perf_counter() - t0)
+            done += 1
+            left = total - done
+            eta = sum(worked) / len(worked) * left
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(eta=_duration(eta), per_run=_duration(sum(worked) / len(worked)))
+            nll = res.nll
+            say(f"{tag}: FID {res.fid:.4g}, density {res.density:.3f}, coverage "
+                f"{res.coverage:.3f}, entropy {res.entropy_nats:.3f}, NLL "
+                f"{'n/a' if nll is None else format(nll['bpd'], '.3f')} bits/dim "
+                f"({res.seconds:.1f} s); {done}/{total} runs done, {left} left, ETA "
+                f"{_duration(eta)} (mean {sum(worked) / len(worked):.0f} s per run measured)")
+    finally:
+        if bar is not None:
+            bar.close()
     paths = write_tables(cfg, out)
     paths["report"] = out / "report.md"
     atomic_write_text(paths["report"], collect_report(out))
     if (out / "report_diagnostics.png").is_file():
         paths["figure"] = out / "report_diagnostics.png"
     return paths
-

@@ -14,8 +14,15 @@ Architecture (input (N, 1, 28, 28) in [0, 1], normalised inside by MNIST's mean 
 
 Weights are created from a seed (no global random state), trained by `train_lenet`, saved by
 `save_lenet` with a SHA-256 checksum file beside them (`<file>.sha256`, in `sha256sum` format)
-and loaded by `load_lenet`, which refuses a file whose checksum does not match. The default
-location is `$SCOREFPE_CACHE/lenet/lenet.pt` (`~/.cache/scorefpe/lenet/lenet.pt` when unset).
+and loaded by `load_lenet`, which refuses a file whose checksum does not match.
+
+One feature extractor for everyone: the package ships trained weights, `lenet_mnist.pt` beside
+this module (`shipped_lenet_path()`, written by `scorefpe lenet train`, test accuracy 99.24 %;
+docs/metrics.md), and `load_lenet()` without a path loads that file after checking its SHA-256
+against SHIPPED_LENET_SHA256, so every machine scores samples with the same weights (training
+on another CPU gives other weights and FIDs a few percent apart). `scorefpe lenet train`
+writes to `$SCOREFPE_CACHE/lenet/lenet.pt` (`cache_lenet_path()`, `~/.cache/scorefpe/...`
+when unset): an override that is used only when its path is given.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ MNIST_STD = 0.3081
 FEATURE_DIM = 84
 N_CLASSES = 10
 FORMAT = "scorefpe-lenet-v1"
+SHIPPED_LENET_NAME = "lenet_mnist.pt"
+# SHA-256 of the shipped file's bytes. Published numbers name it (docs/metrics.md); replacing the
+# shipped weights is a change of this constant, not a silent file swap.
+SHIPPED_LENET_SHA256 = "dc53140e649f9356bffcf422562ad103971821ccf89cd97445cb3d0543829ef4"
 
 __all__ = [
     "FEATURE_DIM",
@@ -50,6 +61,8 @@ __all__ = [
     "LeNet",
     "LeNetTrainConfig",
     "LeNetTrainResult",
+    "SHIPPED_LENET_SHA256",
+    "cache_lenet_path",
     "default_lenet_path",
     "file_sha256",
     "lenet_accuracy",
@@ -58,6 +71,7 @@ __all__ = [
     "lenet_train_record",
     "load_lenet",
     "save_lenet",
+    "shipped_lenet_path",
     "train_lenet",
     "weights_sha256",
 ]
@@ -287,8 +301,19 @@ def train_lenet(
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
+def shipped_lenet_path() -> Path:
+    """The trained weights shipped inside the package (package data beside this module)."""
+    return Path(__file__).with_name(SHIPPED_LENET_NAME)
+
+
 def default_lenet_path() -> Path:
-    """$SCOREFPE_CACHE/lenet/lenet.pt, or ~/.cache/scorefpe/lenet/lenet.pt when unset."""
+    """The weights `load_lenet()` reads without a path: the shipped file."""
+    return shipped_lenet_path()
+
+
+def cache_lenet_path() -> Path:
+    """$SCOREFPE_CACHE/lenet/lenet.pt, or ~/.cache/scorefpe/lenet/lenet.pt when unset: where
+    `scorefpe lenet train` writes by default (used for metrics only when its path is given)."""
     root = os.environ.get("SCOREFPE_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "scorefpe"
     return base / "lenet" / "lenet.pt"
@@ -346,29 +371,38 @@ def save_lenet(model: LeNet, path: str | os.PathLike, meta: dict[str, Any] | Non
     return path
 
 
-def load_lenet(path: str | os.PathLike | None = None, *, device: torch.device | str = "cpu") -> LeNet:
-    """Load a LeNet saved by `save_lenet` (default: `default_lenet_path()`), in eval mode.
+def load_lenet(path: str | os.PathLike | None = None, *, sha256: str | None = None,
+               device: torch.device | str = "cpu") -> LeNet:
+    """Load a LeNet saved by `save_lenet`, in eval mode: without a path the shipped weights
+    (`shipped_lenet_path()`, checked against SHIPPED_LENET_SHA256), else the file at ``path``.
 
-    The file's SHA-256 must equal the one in `<path>.sha256`. The training record is in
-    `model.meta` (test accuracy, epochs, seconds, seed, threads, torch version).
+    The file's SHA-256 must equal ``sha256`` when given, else the one in `<path>.sha256`. The
+    training record is in `model.meta` (test accuracy, epochs, seconds, seed, threads, torch
+    version). Cost: one hash of a ~250 KB file.
 
     Raises:
         FileNotFoundError: weights or checksum file missing (train with `scorefpe lenet train`).
         ChecksumError: the checksum does not match.
         ValueError: the file is not a scorefpe LeNet.
     """
-    path = Path(path) if path is not None else default_lenet_path()
+    if path is None:
+        path, sha256 = shipped_lenet_path(), sha256 or SHIPPED_LENET_SHA256
+    path = Path(path)
     sums = _checksum_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no LeNet weights at {path}; train them with `scorefpe lenet train`")
-    if not sums.is_file():
-        raise FileNotFoundError(f"no checksum file {sums} beside the weights; retrain or restore it")
-    fields = sums.read_text().split()
-    expected = fields[0].lower() if fields else ""
+    if sha256 is not None:
+        expected, source = sha256.lower(), "expected"
+    else:
+        if not sums.is_file():
+            raise FileNotFoundError(
+                f"no checksum file {sums} beside the weights; retrain or restore it")
+        fields = sums.read_text().split()
+        expected, source = (fields[0].lower() if fields else ""), f"{sums.name} says"
     actual = file_sha256(path)
     if actual != expected:
         raise ChecksumError(
-            f"checksum mismatch for {path}: file {actual}, {sums.name} says {expected or '(empty)'}"
+            f"checksum mismatch for {path}: file {actual}, {source} {expected or '(empty)'}"
         )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

@@ -14,7 +14,7 @@ from scorefpe._util import save_figure
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
-__all__ = ["QUANTITIES", "Stat", "ModelReport", "Z95"]
+__all__ = ["QUANTITIES", "Stat", "ModelReport", "Z95", "style_panel"]
 
 # name -> (column label, description). Order is the table's and the figure's.
 QUANTITIES: dict[str, tuple[str, str]] = {
@@ -62,6 +62,32 @@ def _md_cell(text: str) -> str:
 
 def _num(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
+
+
+def style_panel(ax: Any, q: str, means: list[float]) -> float | None:
+    """Axes of one quantity's panel over t: log t; log y for a quantity >= 0 by definition (or
+    positive means) spanning more than a decade, symlog for means that change sign over more
+    than two decades, linear otherwise; title and grid. Returns the floor for the CI band on a
+    log axis (a tenth of the smallest positive mean: the normal CI may dip below zero), else
+    None."""
+    finite = [v for v in means if math.isfinite(v)]
+    pos = [v for v in finite if v > 0]
+    floor = None
+    if q in NONNEGATIVE and pos and max(pos) > 10 * min(pos):
+        floor = 0.1 * min(pos)
+        ax.set_yscale("log")
+    elif finite and min(finite) > 0 and max(finite) > 10 * min(finite):
+        ax.set_yscale("log")
+    elif finite and min(finite) < 0 < max(finite):
+        big = max(abs(v) for v in finite)
+        small = min((abs(v) for v in finite if v != 0), default=big)
+        if big > 100 * small:
+            ax.set_yscale("symlog", linthresh=small)
+    ax.set_xscale("log")
+    ax.set_title(QUANTITIES[q][0])
+    ax.set_xlabel("t")
+    ax.grid(True, which="major", alpha=0.3)
+    return floor
 
 
 @dataclass(frozen=True)
@@ -163,29 +189,11 @@ class ModelReport:
         for ax, q in zip(axes.flat, qs):
             st = self.stats[q]
             mean = [s.mean for s in st]
-            lo = [s.lo for s in st]
-            hi = [s.hi for s in st]
-            finite = [v for v in mean if math.isfinite(v)]
-            pos = [v for v in finite if v > 0]
-            if q in NONNEGATIVE and pos and max(pos) > 10 * min(pos):
-                # A quantity >= 0 by definition spanning decades: log y, the band floored at
-                # a tenth of the smallest positive mean (the normal CI may dip below zero).
-                floor = 0.1 * min(pos)
-                lo = [max(v, floor) if math.isfinite(v) else v for v in lo]
-                ax.set_yscale("log")
-            elif finite and min(finite) > 0 and max(finite) > 10 * min(finite):
-                ax.set_yscale("log")
-            elif finite and min(finite) < 0 < max(finite):
-                big = max(abs(v) for v in finite)
-                small = min((abs(v) for v in finite if v != 0), default=big)
-                if big > 100 * small:
-                    ax.set_yscale("symlog", linthresh=small)
+            floor = style_panel(ax, q, mean)
+            lo = [max(s.lo, floor) if floor is not None and math.isfinite(s.lo) else s.lo
+                  for s in st]
             ax.plot(t, mean, "o-", ms=3)
-            ax.fill_between(t, lo, hi, alpha=0.3)
-            ax.set_xscale("log")
-            ax.set_title(QUANTITIES[q][0])
-            ax.set_xlabel("t")
-            ax.grid(True, which="major", alpha=0.3)
+            ax.fill_between(t, lo, [s.hi for s in st], alpha=0.3)
         for ax in list(axes.flat)[len(qs):]:
             ax.axis("off")
         title = f"{self.meta.get('model', 'model')} ({self.meta.get('mode_short', '')}, D = {self.meta.get('dim', '?')})"

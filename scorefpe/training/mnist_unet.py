@@ -6,6 +6,11 @@ Presets (``mnist_run``):
 |---|---|---|---|---|---|---|---|
 | paper | 60,000 train digits | 1 (32/64/128/256, 1.1 M params) | 32 | 200 | 5e-4; 1e-3 for fp/fpd | 0.999 | 1e-5 |
 | smoke | first 4,096 train digits | 0.25 (8/16/32/64) | 64 | 3 | same | 0.99 | 1e-5 |
+| cpu | 60,000 train digits | 0.25 | 64 | 4 | 2e-3 (all losses) | 0.999 | 1e-5 |
+
+The ``cpu`` preset is the paper's set-up shrunk to fit 15 minutes of training on 2 CPU cores
+(issue 14); its width, epochs, batch, learning rate and EMA come from the measured speed/quality
+trade-off in docs/results/mnist_cpu_tradeoff.md (PLACEHOLDER values until that page is final).
 
 The 2026 paper states the U-Net (Song's tutorial), VP, 200 epochs and the learning rates; it does
 not state the batch size or an EMA: batch 32 is the tutorial's and FP-Diffusion's (App. D.2), and
@@ -67,7 +72,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                   checkpoint_every=5000, log_every=100),
     "smoke": dict(width=0.25, n_train=4096, batch_size=64, epochs=3, ema_decay=0.99,
                   checkpoint_every=32, log_every=8),
+    # Source: docs/results/mnist_cpu_tradeoff.md (the DSM baseline's FID at 10,000 samples
+    # against training minutes on 2 CPU cores). PLACEHOLDER until that page is final.
+    "cpu": dict(width=0.25, n_train=None, batch_size=64, epochs=4, ema_decay=0.999,
+                lr=2e-3, lr_fp=2e-3, checkpoint_every=500, log_every=50),
 }
+"""Preset -> default settings. ``lr`` / ``lr_fp`` (optional): the Adam step of DSM and the cheap
+penalties / of fp and fpd (default LR_DEFAULT / LR_FP, the 2026 paper's rates)."""
 
 
 def mnist_run(
@@ -93,7 +104,8 @@ def mnist_run(
     make_sde(sde)  # validates the name
     base = dict(PRESETS[preset])
     pen_cfg = PenaltyConfig(penalty=penalty, lam=lam)  # validates penalty and lam
-    base["lr"] = LR_FP if pen_cfg.penalty in (Penalty.FP, Penalty.FPD) else LR_DEFAULT
+    lr, lr_fp = base.pop("lr", LR_DEFAULT), base.pop("lr_fp", LR_FP)
+    base["lr"] = lr_fp if pen_cfg.penalty in (Penalty.FP, Penalty.FPD) else lr
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     pen_fields = {f.name for f in dataclasses.fields(PenaltyConfig)} - {"penalty", "lam"}
     pen_kw: dict[str, Any] = {}
