@@ -40,8 +40,9 @@ from scorefpe.sampling.samplers import check_ode_options
 from scorefpe.models import MLPConfig, MLPScoreNet
 from scorefpe.penalties import Omega, Penalty, PenaltyConfig
 from scorefpe.residuals import Curve, dsm_residual_curve, fp_residual_curve
-from scorefpe.sde import SDE, SDES, make_sde
-from scorefpe.training import SampledBatches, TrainConfig, dsm_objective, load_checkpoint, train
+from scorefpe.sde import SDE, SDES, VEVariance, make_sde
+from scorefpe.training import (DSMWeighting, SampledBatches, TrainConfig, dsm_objective,
+                               load_checkpoint, train)
 from scorefpe.training.checkpoint import atomic_write_json
 
 Tensor = torch.Tensor
@@ -87,6 +88,10 @@ class SyntheticRunConfig:
     """One training run. penalty 'none' (DSM) or 'fpd' (DSM + R_FP with alpha, beta, omega, m).
 
     steps: optimizer steps (FP-Diffusion: 1e5; a CPU default of 1500). hidden/depth: MLP sizes.
+    dsm_weighting: lambda(t) of the DSM term, 'sigma2' (||std s + z||^2, the default) or 'g2half'
+        (FP-Diffusion's 1/2 g(t)^2 ||s - grad log q_0t||^2, their Sec. 5); see `DSMWeighting`.
+    ve_variance: VE marginal variance, 'exact' sigma^2 - sigma_min^2 (default) or 'song' sigma^2
+        (the convention of the code FP-Diffusion App. D.1 builds on); see `VEVariance`.
     """
 
     dataset: str = "gmm8"
@@ -105,8 +110,15 @@ class SyntheticRunConfig:
     seed: int = 0
     ema_decay: float = 0.999
     log_every: int = 50
+    dsm_weighting: str = "sigma2"
+    ve_variance: str = "exact"
 
     def __post_init__(self) -> None:
+        parse_choice(DSMWeighting, self.dsm_weighting, "DSM weighting")
+        parse_choice(VEVariance, self.ve_variance, "VE variance convention")
+        if self.ve_variance != "exact" and self.sde != "ve":
+            raise ValueError(f"ve_variance applies to the VE SDE only, got sde {self.sde!r} with "
+                             f"ve_variance {self.ve_variance!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown data set {self.dataset!r}; choose one of {sorted(DATASETS)}")
         if self.sde not in SDES:
@@ -142,7 +154,7 @@ class SyntheticRunConfig:
 def build_model(cfg: SyntheticRunConfig) -> tuple[MLPScoreNet, SDE, SyntheticDataset]:
     """The untrained MLP score model (output divided by std(t)), its SDE and data set."""
     ds = get_dataset(cfg.dataset)
-    sde = make_sde(cfg.sde)
+    sde = make_sde(cfg.sde, **({"variance": cfg.ve_variance} if cfg.sde == "ve" else {}))
     model = MLPScoreNet(MLPConfig(dim=ds.dim, hidden=cfg.hidden, depth=cfg.depth), sde,
                         seed=cfg.seed)
     return model, sde, ds
@@ -172,7 +184,7 @@ def train_synthetic_run(
     tcfg = TrainConfig(lr=cfg.lr, batch_size=cfg.batch_size, epochs=1, ema_decay=cfg.ema_decay,
                        seed=cfg.seed, device="cpu", checkpoint_every=0, log_every=cfg.log_every)
     t0 = time.perf_counter()
-    res = train(model, dsm_objective(sde, pcfg), data, tcfg, run_dir, resume=resume,
+    res = train(model, dsm_objective(sde, pcfg, cfg.dsm_weighting), data, tcfg, run_dir, resume=resume,
                 run_config={"synthetic": cfg.to_dict()}, progress=progress)
     sec = time.perf_counter() - t0
     timing = {"seconds": sec, "steps": res.step, "steps_per_s": res.step / sec if sec > 0 else None,
@@ -420,6 +432,8 @@ class BenchmarkConfig:
     hidden: int = 128
     depth: int = 3
     t_min: float = 1e-3
+    dsm_weighting: str = "sigma2"
+    ve_variance: str = "exact"
     eval: EvalConfig = EvalConfig(n_test=400, grid=32, n_t=10, n_points=200)
     # Evaluate the raw weights: an EMA with decay 0.999 still holds 0.999^1000 = 37 % of the
     # initial weights after 1000 steps, so it only helps runs much longer than these.
@@ -438,7 +452,8 @@ class BenchmarkConfig:
     def run_config(self, dataset: str, penalty: str, alpha: float, seed: int) -> SyntheticRunConfig:
         return SyntheticRunConfig(dataset=dataset, sde=self.sde, penalty=penalty, alpha=alpha,
                                   steps=self.steps, hidden=self.hidden, depth=self.depth,
-                                  t_min=self.t_min, seed=seed)
+                                  t_min=self.t_min, seed=seed, dsm_weighting=self.dsm_weighting,
+                                  ve_variance=self.ve_variance)
 
     def runs(self) -> list[tuple[str, SyntheticRunConfig]]:
         """(relative run directory, config) of every model to train, in order."""
@@ -511,7 +526,7 @@ def run_benchmark(
         if ev_path.is_file():
             rec = json.loads(ev_path.read_text())
         else:
-            sde = make_sde(bcfg.sde)
+            sde = make_sde(bcfg.sde, **({"variance": bcfg.ve_variance} if bcfg.sde == "ve" else {}))
             ev = evaluate_score(ds.score_fn(sde), sde, ds, t_min=bcfg.t_min, dtype=torch.float64,
                                 ecfg=ecfg, ode=d not in CLOSED_FORM_NO_ODE)
             rec = {"dataset": d, "model": "closed form", "seed": None, "config": None,

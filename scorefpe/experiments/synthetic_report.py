@@ -12,9 +12,8 @@ from typing import Any
 import torch
 
 from scorefpe._util import cpu_name, save_figure
-from scorefpe.experiments.synthetic_bench import GRID_BOXES, load_synthetic_run
+from scorefpe.experiments.synthetic_bench import GRID_BOXES, build_model, load_synthetic_run
 from scorefpe.data.synthetic import get_dataset
-from scorefpe.sde import make_sde
 
 __all__ = [
     "compute_seconds",
@@ -227,7 +226,7 @@ def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str |
             r = _first_seed(records, d, lab)
             rel = Path(out_dir) / "runs" / d / _run_name(r)
             model, cfg = load_synthetic_run(rel, ema=r.get("weights") == "ema")
-            sde = make_sde(cfg.sde)
+            sde = build_model(cfg)[1]
             res = probability_flow_ode(model, sde, (n, ds.dim), t_min=cfg.t_min, rtol=1e-4,
                                        atol=1e-4, generator=torch.Generator().manual_seed(seed))
             panels.append((f"{lab} (seed {r['seed']})", res.samples.double()))
