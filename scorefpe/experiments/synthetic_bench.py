@@ -16,9 +16,15 @@ perturbed density q_t of the data set:
     gap        E[log q_{t_min}(x) - log p_{t_min}(x)] on the same points: an unbiased estimate of
                KL(q_{t_min} || p_{t_min}) >= 0, with its standard error;
     KL, TV     between p and q normalised on a grid (their mass inside the grid box);
-    curl MSE   time average over a uniform t grid of E_{x ~ q_t} 1/2 ||J - J^T||_F^2;
-    r_FP       time average of 1/D E_{x ~ q_t} ||eps[s]||^2 (exact residual);
-    r_DSM(t)   curve only (FP-Diffusion's unsquared form).
+    curl MSE   E_{t ~ U[t_min, T]} E_{x ~ q_t} 1/2 ||J - J^T||_F^2, by the trapezoid in log t
+               on log-spaced grids of 10, 20, 40, 80 times (the grid-convergence check; the
+               value reported is the finest), with its Monte Carlo standard error; the curve
+               over t on the finest grid. (Before issue 16: a trapezoid over 10 uniform times,
+               in which the t = t_min node carried ~all of the value; kept as curl_mse_uniform10
+               for comparison with older pages only.)
+    r_FP       E_{t ~ U[t_min, T]} of 1/D E_{x ~ q_t} ||eps[s]||^2 (exact residual), same
+               quadrature on a log grid of n_t times;
+    r_DSM(t)   curve (FP-Diffusion's unsquared form) and its time mean likewise.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ import torch
 
 from scorefpe._util import parse_choice
 from scorefpe.data.synthetic import DATASETS, SyntheticDataset, get_dataset
-from scorefpe.metrics.conservativity import curl_mse_curve, time_average, uniform_t_grid
+from scorefpe.metrics.conservativity import (curl_mse_convergence, curl_mse_curve, log_t_grid,
+                                             time_average, uniform_t_grid, uniform_time_mean)
 from scorefpe.sampling.likelihood import probability_flow_likelihood
 from scorefpe.sampling.samplers import check_ode_options
 from scorefpe.models import MLPConfig, MLPScoreNet
@@ -228,13 +235,16 @@ def load_synthetic_run(run_dir: str | Path, *, ema: bool = True) -> tuple[MLPSco
 @dataclass(frozen=True)
 class EvalConfig:
     """Sizes of the evaluation. n_test held-out points for the NLL; grid points per axis for
-    KL/TV (grid^D points); n_t times (uniform in [t_min, T]) x n_points points for the curl
-    MSE and r_FP curves; ODE tolerances; seed of every draw (the same points for every model)."""
+    KL/TV (grid^D points); n_t log-spaced times in [t_min, T] x n_points points for the r_FP
+    and r_DSM curves; curl_grids: sizes of the log-spaced t grids of the curl MSE's
+    convergence check (the largest gives the reported value and curve); ODE tolerances; seed
+    of every draw (the same points for every model)."""
 
     n_test: int = 500
     grid: int = 48
-    n_t: int = 12
+    n_t: int = 40
     n_points: int = 200
+    curl_grids: tuple[int, ...] = (10, 20, 40, 80)
     rtol: float = 1e-5
     atol: float = 1e-5
     method: str = "RK45"
@@ -247,6 +257,9 @@ class EvalConfig:
             raise ValueError(f"grid must be an integer >= 4, got {self.grid!r}")
         if self.n_t < 2 or self.n_points < 2:
             raise ValueError(f"n_t and n_points must be >= 2, got {self.n_t}, {self.n_points}")
+        if not self.curl_grids or any(isinstance(n, bool) or not isinstance(n, int) or n < 2
+                                      for n in self.curl_grids):
+            raise ValueError(f"curl_grids must be grid sizes >= 2, got {self.curl_grids!r}")
         check_ode_options(self.rtol, self.atol, self.method)
 
 
@@ -381,22 +394,33 @@ def evaluate_score(
 
 def _curves(out: dict[str, Any], score_fn: ScoreFn, sde: SDE, ds: SyntheticDataset, t_min: float,
             dtype: torch.dtype, ecfg: EvalConfig, t0: float) -> dict[str, Any]:
-    t_grid = uniform_t_grid(t_min, sde.T, ecfg.n_t)
+    t_grid = log_t_grid(t_min, sde.T, ecfg.n_t)
     sample = lambda n, g: ds.sample(n, g).to(dtype)  # noqa: E731
     curves: dict[str, Curve] = {}
     if ds.dim >= 2:
-        curves["curl"] = curl_mse_curve(score_fn, sde, sample, t_grid.to(dtype),
-                                        n_points=ecfg.n_points,
-                                        generator=torch.Generator().manual_seed(ecfg.seed + 1))
+        by_grid, curves["curl"] = curl_mse_convergence(
+            score_fn, sde, sample, t_min, n_ts=ecfg.curl_grids, n_points=ecfg.n_points,
+            dtype=dtype, seed=ecfg.seed + 1)
+        finest = by_grid[max(by_grid)]
+        out["curl_mse"], out["curl_mse_se"] = finest.value, finest.se
+        out["curl_mse_by_grid"] = {str(n): {"value": m.value, "se": m.se} for n, m in by_grid.items()}
+        old = curl_mse_curve(score_fn, sde, sample, uniform_t_grid(t_min, sde.T, 10).to(dtype),
+                             n_points=ecfg.n_points,
+                             generator=torch.Generator().manual_seed(ecfg.seed + 1))
+        out["curl_mse_uniform10"] = time_average(old)
+    else:
+        out.update(curl_mse=None, curl_mse_se=None, curl_mse_by_grid=None, curl_mse_uniform10=None)
     curves["r_fp"] = fp_residual_curve(score_fn, sde, sample, t_grid.to(dtype),
                                        n_points=ecfg.n_points, method="exact",
                                        generator=torch.Generator().manual_seed(ecfg.seed + 2))
     curves["r_dsm"] = dsm_residual_curve(score_fn, sde, sample, t_grid.to(dtype),
                                          n_points=ecfg.n_points,
                                          generator=torch.Generator().manual_seed(ecfg.seed + 3))
-    out["curl_mse"] = time_average(curves["curl"]) if "curl" in curves else None
-    out["r_fp"] = time_average(curves["r_fp"])
-    out["r_dsm"] = time_average(curves["r_dsm"])
+    for k in ("r_fp", "r_dsm"):
+        c = curves[k]
+        curves[k] = Curve(c.name, t_grid, c.mean, c.se)
+        tm = uniform_time_mean(curves[k])
+        out[k], out[k + "_se"] = tm.value, tm.se
     out["curves"] = {
         k: {"t": c.t.double().tolist(), "mean": c.mean.double().tolist(), "se": c.se.double().tolist()}
         for k, c in curves.items()
@@ -434,7 +458,7 @@ class BenchmarkConfig:
     t_min: float = 1e-3
     dsm_weighting: str = "sigma2"
     ve_variance: str = "exact"
-    eval: EvalConfig = EvalConfig(n_test=400, grid=32, n_t=10, n_points=200)
+    eval: EvalConfig = EvalConfig(n_test=400, grid=32, n_t=40, n_points=200)
     # Evaluate the raw weights: an EMA with decay 0.999 still holds 0.999^1000 = 37 % of the
     # initial weights after 1000 steps, so it only helps runs much longer than these.
     use_ema: bool = False
