@@ -362,10 +362,15 @@ def evaluate_score(
 
     score_fn is evaluated in ``dtype`` (float32 for the networks, float64 for the closed form).
     Returns a JSON-serialisable dict: nll, nll_se, true_nll, gap, gap_se (None without a closed
-    form), kl, tv, grid masses, grid log-density (list), curl_mse, r_fp (time averages), curves
-    {curl, r_fp, r_dsm: {t, mean, se}}, nfe of the NLL and grid solves, seconds.
-    Cost: two ODE solves (n_test and grid^D points, each nfe x D JVPs) and n_t x (exact residual
-    + Jacobian) on n_points. ``ode=False`` skips the ODE solves (NLL, gap, KL, TV are None).
+    form), kl, tv, grid masses, grid log-density (list); curl_mse and curl_mse_se (mean over
+    t ~ U[t_min, T] on the finest of ecfg.curl_grids, log-t trapezoid), curl_mse_by_grid
+    {n_t: {value, se}} (the grid-convergence check), curl_mse_uniform10 (the pre-issue-16
+    10-point uniform trapezoid, for comparison only); r_fp, r_fp_se, r_dsm, r_dsm_se (same
+    time mean on n_t log-spaced times); curves {curl, r_fp, r_dsm: {t, mean, se}}; nfe of the
+    NLL and grid solves, seconds. 1-D sets: the curl entries are None.
+    Cost: two ODE solves (n_test and grid^D points, each nfe x D JVPs), n_t exact residuals and
+    sum(curl_grids) + 10 Jacobians on n_points each. ``ode=False`` skips the ODE solves (NLL,
+    gap, KL, TV are None).
     """
     t0 = time.perf_counter()
     kw = dict(t_min=t_min, rtol=ecfg.rtol, atol=ecfg.atol, method=ecfg.method)
