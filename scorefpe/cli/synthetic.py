@@ -243,7 +243,9 @@ def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid,
             ("curl", "synthetic_curl.png", "curl MSE over t: E 1/2||J - J^T||_F^2", "curl MSE"),
             ("r_fp", "synthetic_rfp.png", "r_FP(t) = 1/D E||eps||^2", "r_FP"),
             ("r_dsm", "synthetic_rdsm.png", "r_DSM(t) = 1/D E||s - grad log q_0t||", "r_DSM")):
-        if report.plot_curves(records, key, out / name, f"{what} ({sub})", ylabel) is not None:
+        floor = 1e-20 if key in ("curl", "r_fp") else None  # the closed form's round-off
+        if report.plot_curves(records, key, out / name, f"{what} ({sub})", ylabel,
+                              floor=floor) is not None:
             figs.append(name)
     if not no_samples:
         report.plot_samples(out, records, out / "synthetic_samples.png",

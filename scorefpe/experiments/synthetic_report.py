@@ -296,17 +296,20 @@ def plot_densities(records: list[dict[str, Any]], path: str | Path, title: str) 
 
 
 def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title: str,
-                ylabel: str) -> Path | None:
-    """One panel per data set: curve ``key`` ('curl', 'r_fp', 'r_dsm') over t for each model,
-    mean over seeds with the seed range shaded; log scale (values below 1e-40 drawn at 1e-40).
-    Returns the path written, or None (nothing written) when no data set has that curve (the
-    curl of 1-D sets)."""
+                ylabel: str, *, floor: float | None = None) -> Path | None:
+    """One panel per data set: curve ``key`` ('curl', 'r_fp', 'r_dsm') over log t for each
+    model, mean over seeds with the seed range shaded; log scale (values below 1e-40 drawn at
+    1e-40). ``floor``: a model whose curve stays below it everywhere (the closed form's
+    round-off) is not drawn but named in the legend with its largest value, so that it does not
+    squash the trained models' curves. Returns the path written, or None (nothing written) when
+    no data set has that curve (the curl of 1-D sets)."""
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in records)
                 if any(key in r["eval"]["curves"] for r in records if r["dataset"] == d)]
     if not datasets:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(3.4 * len(datasets), 5.0), 3.4),
+                             squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for lab in model_order([r for r in records if r["dataset"] == d]):
             rs = [r for r in records if r["dataset"] == d and r["model"] == lab
@@ -315,6 +318,9 @@ def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title
                 continue
             t = rs[0]["eval"]["curves"][key]["t"]
             ys = torch.tensor([r["eval"]["curves"][key]["mean"] for r in rs]).clamp_min(1e-40)
+            if floor is not None and float(ys.max()) < floor:
+                ax.plot([], [], " ", label=f"{lab}: < {float(ys.max()):.1g} (not drawn)")
+                continue
             (line,) = ax.plot(t, ys.mean(0), marker=".", lw=1, label=f"{lab} (n={len(rs)})")
             if len(rs) > 1:
                 ax.fill_between(t, ys.min(0).values, ys.max(0).values, color=line.get_color(),
@@ -326,7 +332,7 @@ def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout()
     return save_figure(fig, path)
 
