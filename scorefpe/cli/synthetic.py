@@ -153,6 +153,7 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     import torch
 
     from scorefpe.metrics.conservativity import curl_mse_curve, log_t_grid, uniform_time_mean
+    from scorefpe.residuals import Curve
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     if ds.dim < 2:
@@ -166,7 +167,7 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     grid = log_t_grid(cfg.t_min, sde.T, n_t)
     c = curl_mse_curve(fn, sde, lambda n, g: ds.sample(n, g).to(dtype), grid.to(dtype),
                        n_points=n_points, generator=torch.Generator().manual_seed(seed))
-    c = type(c)(c.name, grid, c.mean, c.se)
+    c = Curve(c.name, grid, c.mean, c.se)  # the float64 grid: exact end points for the weights
     avg = uniform_time_mean(c)
     for row in c.as_rows():
         click.echo(f"t={row['t']:.4g}  curl MSE {row['mean']:.4g} ± {row['se']:.2g}")
