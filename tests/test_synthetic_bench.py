@@ -244,7 +244,7 @@ def test_cli_train_likelihood_curl(tmp_path):
                 "--json", str(tmp_path / js)] + ([flag] if flag else [])
         r = runner.invoke(main, args)
         assert r.exit_code == 0, r.output
-        assert "time-averaged curl MSE" in r.output
+        assert "curl MSE averaged over t ~ U[t_min, T]" in r.output
     cf = json.loads((tmp_path / "curl_cf.json").read_text())
     assert cf["what"] == "closed-form score" and 0 <= cf["time_average"] < bound
     # The bound separates: a network (not a gradient by construction) is far above it.

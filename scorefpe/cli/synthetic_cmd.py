@@ -162,8 +162,8 @@ def likelihood(run_dir, n_points, rtol, atol, method, n_probes, probe, seed, ema
 # ---------------------------------------------------------------------------------------------
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--n-t", type=click.IntRange(min=2), default=20, show_default=True,
-              help="Times, uniform in [t_min, T].")
+@click.option("--n-t", type=click.IntRange(min=2), default=40, show_default=True,
+              help="Times, log-spaced in [t_min, T].")
 @click.option("--n-points", type=click.IntRange(min=2), default=256, show_default=True)
 @click.option("--closed-form", is_flag=True, help="Measure the data set's exact score instead.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -177,8 +177,8 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
     """Curl MSE over t, E_{x~q_t} 1/2 ||J - J^T||_F^2, of a synthetic run's model."""
     import torch
 
-    from scorefpe.metrics.conservativity import curl_mse_curve, time_average
-    from scorefpe.residuals import Spacing, time_grid
+    from scorefpe.metrics.conservativity import curl_mse_curve, uniform_time_mean
+    from scorefpe.residuals import Curve, log_t_grid
 
     model, cfg, sde, ds = _load_run(run_dir, ema)
     if ds.dim < 2:
@@ -189,16 +189,18 @@ def curl(run_dir, n_t, n_points, closed_form, seed, ema, json_path) -> None:
         fn, dtype, what = ds.score_fn(sde), torch.float64, "closed-form score"
     else:
         fn, dtype, what = model, torch.float32, cfg.label
-    grid = time_grid(cfg.t_min, sde.T, n_t, Spacing.UNIFORM)
+    grid = log_t_grid(cfg.t_min, sde.T, n_t)
     c = curl_mse_curve(fn, sde, lambda n, g: ds.sample(n, g).to(dtype), grid.to(dtype),
                        n_points=n_points, generator=torch.Generator().manual_seed(seed))
-    avg = time_average(c)
+    c = Curve(c.name, grid, c.mean, c.se)  # the float64 grid: exact end points for the weights
+    avg = uniform_time_mean(c)
     for row in c.as_rows():
-        click.echo(f"t={row['t']:.4f}  curl MSE {row['mean']:.4g} ± {row['se']:.2g}")
-    click.echo(f"{ds.name} {what}: time-averaged curl MSE {avg:.4g}")
+        click.echo(f"t={row['t']:.4g}  curl MSE {row['mean']:.4g} ± {row['se']:.2g}")
+    click.echo(f"{ds.name} {what}: curl MSE averaged over t ~ U[t_min, T] (log-t trapezoid, "
+               f"{n_t} times) {avg.value:.4g} ± {avg.se:.2g}")
     if json_path:
-        _write_json(json_path, {"run_dir": str(run_dir), "what": what, "time_average": avg,
-                                "curve": c.as_rows()})
+        _write_json(json_path, {"run_dir": str(run_dir), "what": what, "time_average": avg.value,
+                                "time_average_se": avg.se, "n_t": n_t, "curve": c.as_rows()})
         click.echo(f"wrote {json_path}")
 
 
@@ -222,10 +224,19 @@ def benchmark() -> None:
               help="Optimiser steps per model.")
 @click.option("--grid", type=click.IntRange(min=4), default=32, show_default=True)
 @click.option("--n-test", type=click.IntRange(min=2), default=400, show_default=True)
+@click.option("--dsm-weighting", type=click.Choice(["sigma2", "g2half"]), default="sigma2",
+              show_default=True,
+              help="lambda(t) of DSM: sigma2 = ||std s + z||^2; g2half = FP-Diffusion's "
+                   "1/2 g(t)^2 ||s - grad log q_0t||^2 (their Sec. 5).")
+@click.option("--ve-variance", type=click.Choice(["exact", "song"]), default="exact",
+              show_default=True,
+              help="VE marginal variance: exact sigma^2 - sigma_min^2, or song = sigma^2.")
+@click.option("--n-points", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Points per t of the curl MSE and r_FP curves.")
 @click.option("--no-samples", is_flag=True, help="Skip the sample figure (ODE sampling).")
 @threads_option
 def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid, n_test,
-                        no_samples) -> None:
+                        dsm_weighting, ve_variance, n_points, no_samples) -> None:
     """Train DSM and FP-regularised models on every synthetic set; write table.md and figures."""
     from scorefpe.experiments import synthetic_report as report
     from scorefpe.experiments.synthetic_bench import BenchmarkConfig, EvalConfig, run_benchmark
@@ -233,8 +244,9 @@ def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid,
     try:
         bcfg = BenchmarkConfig(
             datasets=datasets or tuple(sorted(DATASETS, key=list(DATASETS).index)), sde=sde_name,
-            alphas=alphas, seeds=tuple(range(seeds)), steps=steps,
-            eval=EvalConfig(n_test=n_test, grid=grid, n_t=10, n_points=200))
+            alphas=alphas, seeds=tuple(range(seeds)), steps=steps, dsm_weighting=dsm_weighting,
+            ve_variance=ve_variance,
+            eval=EvalConfig(n_test=n_test, grid=grid, n_t=40, n_points=n_points))
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     out = Path(out_dir)
@@ -247,10 +259,12 @@ def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid,
     elapsed = time.perf_counter() - t0
     cmd = (f"scorefpe benchmark synthetic --out {out_dir} --sde {sde_name} --alphas "
            f"{','.join(f'{a:g}' for a in bcfg.alphas)} --seeds {seeds} --steps {steps} "
-           f"--grid {grid} --n-test {n_test} --datasets {','.join(bcfg.datasets)}")
+           f"--grid {grid} --n-test {n_test} --dsm-weighting {dsm_weighting} --ve-variance "
+           f"{ve_variance} --n-points {n_points} --datasets {','.join(bcfg.datasets)}")
     from scorefpe._util import atomic_write_text
 
     atomic_write_text(out / "table.md", report.table_markdown(records, cmd, elapsed))
+    atomic_write_text(out / "curl_curves.csv", report.curves_csv(records, "curl"))
     sub = f"{sde_name.upper()} SDE, {steps} steps, seeds {seeds}"
     report.plot_densities(records, out / "synthetic_density.png",
                           f"true q(t_min) vs model p(t_min) by the probability-flow ODE ({sub})")
@@ -259,14 +273,16 @@ def benchmark_synthetic(out_dir, datasets, sde_name, alphas, seeds, steps, grid,
             ("curl", "synthetic_curl.png", "curl MSE over t: E 1/2||J - J^T||_F^2", "curl MSE"),
             ("r_fp", "synthetic_rfp.png", "r_FP(t) = 1/D E||eps||^2", "r_FP"),
             ("r_dsm", "synthetic_rdsm.png", "r_DSM(t) = 1/D E||s - grad log q_0t||", "r_DSM")):
-        if report.plot_curves(records, key, out / name, f"{what} ({sub})", ylabel) is not None:
+        floor = 1e-20 if key in ("curl", "r_fp") else None  # the closed form's round-off
+        if report.plot_curves(records, key, out / name, f"{what} ({sub})", ylabel,
+                              floor=floor) is not None:
             figs.append(name)
     if not no_samples:
         report.plot_samples(out, records, out / "synthetic_samples.png",
                             f"probability-flow ODE samples ({sub})")
         figs.append("synthetic_samples.png")
     click.echo(report.format_table(records))
-    click.echo(f"wrote {out / 'table.md'} and {', '.join(figs)} in {out_dir} "
+    click.echo(f"wrote {out / 'table.md'}, curl_curves.csv and {', '.join(figs)} in {out_dir} "
                f"({time.perf_counter() - t0:.0f} s)")
 
 

@@ -16,9 +16,15 @@ perturbed density q_t of the data set:
     gap        E[log q_{t_min}(x) - log p_{t_min}(x)] on the same points: an unbiased estimate of
                KL(q_{t_min} || p_{t_min}) >= 0, with its standard error;
     KL, TV     between p and q normalised on a grid (their mass inside the grid box);
-    curl MSE   time average over a uniform t grid of E_{x ~ q_t} 1/2 ||J - J^T||_F^2;
-    r_FP       time average of 1/D E_{x ~ q_t} ||eps[s]||^2 (exact residual);
-    r_DSM(t)   curve only (FP-Diffusion's unsquared form).
+    curl MSE   E_{t ~ U[t_min, T]} E_{x ~ q_t} 1/2 ||J - J^T||_F^2, by the trapezoid in log t
+               on log-spaced grids of 10, 20, 40, 80 times (the grid-convergence check; the
+               value reported is the finest), with its Monte Carlo standard error; the curve
+               over t on the finest grid. (Before issue 16: a trapezoid over 10 uniform times,
+               in which the t = t_min node carried ~all of the value; kept as curl_mse_uniform10
+               for comparison with older pages only.)
+    r_FP       E_{t ~ U[t_min, T]} of 1/D E_{x ~ q_t} ||eps[s]||^2 (exact residual), same
+               quadrature on a log grid of n_t times;
+    r_DSM(t)   curve (FP-Diffusion's unsquared form) and its time mean likewise.
 """
 
 from __future__ import annotations
@@ -34,14 +40,17 @@ import torch
 
 from scorefpe._util import parse_choice
 from scorefpe.data.synthetic import DATASETS, SyntheticDataset, get_dataset
-from scorefpe.metrics.conservativity import curl_mse_curve, time_average
+from scorefpe.metrics.conservativity import (curl_mse_convergence, curl_mse_curve, time_average,
+                                             uniform_time_mean)
 from scorefpe.sampling.likelihood import probability_flow_likelihood
 from scorefpe.sampling.samplers import check_ode_options
 from scorefpe.models import MLPConfig, MLPScoreNet
 from scorefpe.penalties import Omega, Penalty, PenaltyConfig
-from scorefpe.residuals import Curve, Spacing, dsm_residual_curve, fp_residual_curve, time_grid
-from scorefpe.sde import SDE, SDES, make_sde
-from scorefpe.training import SampledBatches, TrainConfig, dsm_objective, load_checkpoint, train
+from scorefpe.residuals import (Curve, Spacing, dsm_residual_curve, fp_residual_curve, log_t_grid,
+                                time_grid)
+from scorefpe.sde import SDE, SDES, VEVariance, make_sde
+from scorefpe.training import (DSMWeighting, SampledBatches, TrainConfig, dsm_objective,
+                               load_checkpoint, train)
 from scorefpe.training.checkpoint import atomic_write_json
 
 Tensor = torch.Tensor
@@ -87,6 +96,10 @@ class SyntheticRunConfig:
     """One training run. penalty 'none' (DSM) or 'fpd' (DSM + R_FP with alpha, beta, omega, m).
 
     steps: optimizer steps (FP-Diffusion: 1e5; a CPU default of 1500). hidden/depth: MLP sizes.
+    dsm_weighting: lambda(t) of the DSM term, 'sigma2' (||std s + z||^2, the default) or 'g2half'
+        (FP-Diffusion's 1/2 g(t)^2 ||s - grad log q_0t||^2, their Sec. 5); see `DSMWeighting`.
+    ve_variance: VE marginal variance, 'exact' sigma^2 - sigma_min^2 (default) or 'song' sigma^2
+        (the convention of the code FP-Diffusion App. D.1 builds on); see `VEVariance`.
     """
 
     dataset: str = "gmm8"
@@ -105,8 +118,15 @@ class SyntheticRunConfig:
     seed: int = 0
     ema_decay: float = 0.999
     log_every: int = 50
+    dsm_weighting: str = "sigma2"
+    ve_variance: str = "exact"
 
     def __post_init__(self) -> None:
+        parse_choice(DSMWeighting, self.dsm_weighting, "DSM weighting")
+        parse_choice(VEVariance, self.ve_variance, "VE variance convention")
+        if self.ve_variance != "exact" and self.sde != "ve":
+            raise ValueError(f"ve_variance applies to the VE SDE only, got sde {self.sde!r} with "
+                             f"ve_variance {self.ve_variance!r}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown data set {self.dataset!r}; choose one of {sorted(DATASETS)}")
         if self.sde not in SDES:
@@ -142,7 +162,7 @@ class SyntheticRunConfig:
 def build_model(cfg: SyntheticRunConfig) -> tuple[MLPScoreNet, SDE, SyntheticDataset]:
     """The untrained MLP score model (output divided by std(t)), its SDE and data set."""
     ds = get_dataset(cfg.dataset)
-    sde = make_sde(cfg.sde)
+    sde = make_sde(cfg.sde, **({"variance": cfg.ve_variance} if cfg.sde == "ve" else {}))
     model = MLPScoreNet(MLPConfig(dim=ds.dim, hidden=cfg.hidden, depth=cfg.depth), sde,
                         seed=cfg.seed)
     return model, sde, ds
@@ -179,7 +199,7 @@ def train_synthetic_run(
                        seed=cfg.seed, device=device, checkpoint_every=checkpoint_every,
                        log_every=cfg.log_every, max_steps=max_steps)
     t0 = time.perf_counter()
-    res = train(model, dsm_objective(sde, pcfg), data, tcfg, run_dir, resume=resume,
+    res = train(model, dsm_objective(sde, pcfg, cfg.dsm_weighting), data, tcfg, run_dir, resume=resume,
                 run_config={"synthetic": cfg.to_dict()}, progress=progress)
     sec = time.perf_counter() - t0
     if res.step < cfg.steps:
@@ -231,13 +251,16 @@ def load_synthetic_run(run_dir: str | Path, *, ema: bool = True) -> tuple[MLPSco
 @dataclass(frozen=True)
 class EvalConfig:
     """Sizes of the evaluation. n_test held-out points for the NLL; grid points per axis for
-    KL/TV (grid^D points); n_t times (uniform in [t_min, T]) x n_points points for the curl
-    MSE and r_FP curves; ODE tolerances; seed of every draw (the same points for every model)."""
+    KL/TV (grid^D points); n_t log-spaced times in [t_min, T] x n_points points for the r_FP
+    and r_DSM curves; curl_grids: sizes of the log-spaced t grids of the curl MSE's
+    convergence check (the largest gives the reported value and curve); ODE tolerances; seed
+    of every draw (the same points for every model)."""
 
     n_test: int = 500
     grid: int = 48
-    n_t: int = 12
+    n_t: int = 40
     n_points: int = 200
+    curl_grids: tuple[int, ...] = (10, 20, 40, 80)
     rtol: float = 1e-5
     atol: float = 1e-5
     method: str = "RK45"
@@ -250,6 +273,9 @@ class EvalConfig:
             raise ValueError(f"grid must be an integer >= 4, got {self.grid!r}")
         if self.n_t < 2 or self.n_points < 2:
             raise ValueError(f"n_t and n_points must be >= 2, got {self.n_t}, {self.n_points}")
+        if not self.curl_grids or any(isinstance(n, bool) or not isinstance(n, int) or n < 2
+                                      for n in self.curl_grids):
+            raise ValueError(f"curl_grids must be grid sizes >= 2, got {self.curl_grids!r}")
         check_ode_options(self.rtol, self.atol, self.method)
 
 
@@ -353,10 +379,15 @@ def evaluate_score(
 
     score_fn is evaluated in ``dtype`` (float32 for the networks, float64 for the closed form).
     Returns a JSON-serialisable dict: nll, nll_se, true_nll, gap, gap_se (None without a closed
-    form), kl, tv, grid masses, grid log-density (list), curl_mse, r_fp (time averages), curves
-    {curl, r_fp, r_dsm: {t, mean, se}}, nfe of the NLL and grid solves, seconds.
-    Cost: two ODE solves (n_test and grid^D points, each nfe x D JVPs) and n_t x (exact residual
-    + Jacobian) on n_points. ``ode=False`` skips the ODE solves (NLL, gap, KL, TV are None).
+    form), kl, tv, grid masses, grid log-density (list); curl_mse and curl_mse_se (mean over
+    t ~ U[t_min, T] on the finest of ecfg.curl_grids, log-t trapezoid), curl_mse_by_grid
+    {n_t: {value, se}} (the grid-convergence check), curl_mse_uniform10 (the pre-issue-16
+    10-point uniform trapezoid, for comparison only); r_fp, r_fp_se, r_dsm, r_dsm_se (same
+    time mean on n_t log-spaced times); curves {curl, r_fp, r_dsm: {t, mean, se}}; nfe of the
+    NLL and grid solves, seconds. 1-D sets: the curl entries are None.
+    Cost: two ODE solves (n_test and grid^D points, each nfe x D JVPs), n_t exact residuals and
+    sum(curl_grids) + 10 Jacobians on n_points each. ``ode=False`` skips the ODE solves (NLL,
+    gap, KL, TV are None).
     """
     t0 = time.perf_counter()
     kw = dict(t_min=t_min, rtol=ecfg.rtol, atol=ecfg.atol, method=ecfg.method)
@@ -385,22 +416,33 @@ def evaluate_score(
 
 def _curves(out: dict[str, Any], score_fn: ScoreFn, sde: SDE, ds: SyntheticDataset, t_min: float,
             dtype: torch.dtype, ecfg: EvalConfig, t0: float) -> dict[str, Any]:
-    t_grid = time_grid(t_min, sde.T, ecfg.n_t, Spacing.UNIFORM)
+    t_grid = log_t_grid(t_min, sde.T, ecfg.n_t)
     sample = lambda n, g: ds.sample(n, g).to(dtype)  # noqa: E731
     curves: dict[str, Curve] = {}
     if ds.dim >= 2:
-        curves["curl"] = curl_mse_curve(score_fn, sde, sample, t_grid.to(dtype),
-                                        n_points=ecfg.n_points,
-                                        generator=torch.Generator().manual_seed(ecfg.seed + 1))
+        by_grid, curves["curl"] = curl_mse_convergence(
+            score_fn, sde, sample, t_min, n_ts=ecfg.curl_grids, n_points=ecfg.n_points,
+            dtype=dtype, seed=ecfg.seed + 1)
+        finest = by_grid[max(by_grid)]
+        out["curl_mse"], out["curl_mse_se"] = finest.value, finest.se
+        out["curl_mse_by_grid"] = {str(n): {"value": m.value, "se": m.se} for n, m in by_grid.items()}
+        old = curl_mse_curve(score_fn, sde, sample, time_grid(t_min, sde.T, 10, Spacing.UNIFORM).to(dtype),
+                             n_points=ecfg.n_points,
+                             generator=torch.Generator().manual_seed(ecfg.seed + 1))
+        out["curl_mse_uniform10"] = time_average(old)
+    else:
+        out.update(curl_mse=None, curl_mse_se=None, curl_mse_by_grid=None, curl_mse_uniform10=None)
     curves["r_fp"] = fp_residual_curve(score_fn, sde, sample, t_grid.to(dtype),
                                        n_points=ecfg.n_points, method="exact",
                                        generator=torch.Generator().manual_seed(ecfg.seed + 2))
     curves["r_dsm"] = dsm_residual_curve(score_fn, sde, sample, t_grid.to(dtype),
                                          n_points=ecfg.n_points,
                                          generator=torch.Generator().manual_seed(ecfg.seed + 3))
-    out["curl_mse"] = time_average(curves["curl"]) if "curl" in curves else None
-    out["r_fp"] = time_average(curves["r_fp"])
-    out["r_dsm"] = time_average(curves["r_dsm"])
+    for k in ("r_fp", "r_dsm"):
+        c = curves[k]
+        curves[k] = Curve(c.name, t_grid, c.mean, c.se)
+        tm = uniform_time_mean(curves[k])
+        out[k], out[k + "_se"] = tm.value, tm.se
     out["curves"] = {
         k: {"t": c.t.double().tolist(), "mean": c.mean.double().tolist(), "se": c.se.double().tolist()}
         for k, c in curves.items()
@@ -436,7 +478,9 @@ class BenchmarkConfig:
     hidden: int = 128
     depth: int = 3
     t_min: float = 1e-3
-    eval: EvalConfig = EvalConfig(n_test=400, grid=32, n_t=10, n_points=200)
+    dsm_weighting: str = "sigma2"
+    ve_variance: str = "exact"
+    eval: EvalConfig = EvalConfig(n_test=400, grid=32, n_t=40, n_points=200)
     # Evaluate the raw weights: an EMA with decay 0.999 still holds 0.999^1000 = 37 % of the
     # initial weights after 1000 steps, so it only helps runs much longer than these.
     use_ema: bool = False
@@ -454,7 +498,8 @@ class BenchmarkConfig:
     def run_config(self, dataset: str, penalty: str, alpha: float, seed: int) -> SyntheticRunConfig:
         return SyntheticRunConfig(dataset=dataset, sde=self.sde, penalty=penalty, alpha=alpha,
                                   steps=self.steps, hidden=self.hidden, depth=self.depth,
-                                  t_min=self.t_min, seed=seed)
+                                  t_min=self.t_min, seed=seed, dsm_weighting=self.dsm_weighting,
+                                  ve_variance=self.ve_variance)
 
     def runs(self) -> list[tuple[str, SyntheticRunConfig]]:
         """(relative run directory, config) of every model to train, in order."""
@@ -529,7 +574,7 @@ def run_benchmark(
         if ev_path.is_file():
             rec = read_json(ev_path, "eval.json")
         else:
-            sde = make_sde(bcfg.sde)
+            sde = make_sde(bcfg.sde, **({"variance": bcfg.ve_variance} if bcfg.sde == "ve" else {}))
             ev = evaluate_score(ds.score_fn(sde), sde, ds, t_min=bcfg.t_min, dtype=torch.float64,
                                 ecfg=ecfg, ode=d not in CLOSED_FORM_NO_ODE)
             rec = {"dataset": d, "model": "closed form", "seed": None, "config": None,

@@ -12,13 +12,16 @@ from typing import Any
 import torch
 
 from scorefpe._util import cpu_name, save_figure
-from scorefpe.experiments.synthetic_bench import GRID_BOXES, load_synthetic_run
+from scorefpe.experiments.synthetic_bench import GRID_BOXES, build_model, load_synthetic_run
 from scorefpe.data.synthetic import get_dataset
-from scorefpe.sde import make_sde
 
 __all__ = [
     "compute_seconds",
+    "curves_csv",
+    "format_convergence",
+    "format_paired",
     "format_table",
+    "paired_records",
     "model_order",
     "plot_curves",
     "plot_densities",
@@ -57,34 +60,145 @@ def _agg(vals: list[float | None]) -> str:
     return f"{m:.3g} ± {statistics.stdev(v):.2g}"
 
 
-def format_table(records: list[dict[str, Any]]) -> str:
-    """Markdown table: one row per data set x model, mean ± sample std over seeds."""
-    head = ("| data set | model | seeds | NLL (nats) | true NLL | gap = NLL - true | KL (grid) | "
-            "TV (grid) | curl MSE (t-avg) | mean r_FP | mean r_DSM | train s (steps/s) |")
-    lines = [head, "|" + "---|" * 12]
-    datasets = []
-    for r in records:
-        if r["dataset"] not in datasets:
-            datasets.append(r["dataset"])
-    for d in datasets:
+def _datasets(records: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["dataset"] for r in records))
+
+
+def _rows(records: list[dict[str, Any]]):
+    """(data set, model label, records of that model sorted by seed) in table order."""
+    for d in _datasets(records):
         recs = [r for r in records if r["dataset"] == d]
         for lab in model_order(recs):
-            rs = [r for r in recs if r["model"] == lab]
-            ev = [r["eval"] for r in rs]
-            seeds = ",".join(str(r["seed"]) for r in rs) if rs[0]["seed"] is not None else "-"
-            gaps = [e["gap"] for e in ev]
-            if rs[0]["train"] is None:
-                tr = "-"
-            else:
-                tr = (f"{_agg([r['train']['seconds'] for r in rs])} "
-                      f"({statistics.fmean(r['train']['steps_per_s'] for r in rs):.1f})")
-            curl = _agg([e["curl_mse"] for e in ev]) if ev[0]["curl_mse"] is not None else "0 (1-D)"
-            lines.append(
-                f"| {d} | {lab} | {seeds} | {_agg([e['nll'] for e in ev])} | "
-                f"{_agg([e['true_nll'] for e in ev])} | {_agg(gaps)} | "
-                f"{_agg([e['kl'] for e in ev])} | {_agg([e['tv'] for e in ev])} | {curl} | "
-                f"{_agg([e['r_fp'] for e in ev])} | {_agg([e['r_dsm'] for e in ev])} | {tr} |"
-            )
+            rs = sorted((r for r in recs if r["model"] == lab),
+                        key=lambda r: -1 if r["seed"] is None else r["seed"])
+            yield d, lab, rs
+
+
+TABLE_HEAD = ("| data set | model | seeds | NLL (nats) | true NLL | gap = NLL - true | KL (grid) | "
+              "TV (grid) | curl MSE, E over t ~ U[t_min, T] | mean r_FP | train s (steps/s) |")
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """Markdown table: one row per data set x model, mean ± sample std over seeds. The curl MSE
+    is the time mean on the finest log-spaced grid (`scorefpe.metrics.conservativity`)."""
+    lines = [TABLE_HEAD, "|" + "---|" * 11]
+    for d, lab, rs in _rows(records):
+        ev = [r["eval"] for r in rs]
+        seeds = ",".join(str(r["seed"]) for r in rs) if rs[0]["seed"] is not None else "-"
+        if rs[0]["train"] is None:
+            tr = "-"
+        else:
+            tr = (f"{_agg([r['train']['seconds'] for r in rs])} "
+                  f"({statistics.fmean(r['train']['steps_per_s'] for r in rs):.1f})")
+        curl = _agg([e["curl_mse"] for e in ev]) if ev[0]["curl_mse"] is not None else "0 (1-D)"
+        lines.append(
+            f"| {d} | {lab} | {seeds} | {_agg([e['nll'] for e in ev])} | "
+            f"{_agg([e['true_nll'] for e in ev])} | {_agg([e['gap'] for e in ev])} | "
+            f"{_agg([e['kl'] for e in ev])} | {_agg([e['tv'] for e in ev])} | {curl} | "
+            f"{_agg([e['r_fp'] for e in ev])} | {tr} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def format_convergence(records: list[dict[str, Any]]) -> str:
+    """Markdown table of the curl MSE's grid-convergence check: the time mean on each log grid
+    (mean ± std over seeds), beside the pre-issue-16 10-point uniform trapezoid."""
+    grids: list[str] = []
+    for r in records:
+        for n in (r["eval"].get("curl_mse_by_grid") or {}):
+            if n not in grids:
+                grids.append(n)
+    grids.sort(key=int)
+    if not grids:
+        return ""
+    head = ("| data set | model | " + " | ".join(f"n_t = {n} (log)" for n in grids)
+            + " | old: 10 uniform |")
+    lines = [head, "|" + "---|" * (3 + len(grids))]
+    for d, lab, rs in _rows(records):
+        ev = [r["eval"] for r in rs]
+        if ev[0].get("curl_mse_by_grid") is None:
+            continue
+        cells = [_agg([e["curl_mse_by_grid"][n]["value"] for e in ev]) for n in grids]
+        lines.append(f"| {d} | {lab} | " + " | ".join(cells)
+                     + f" | {_agg([e['curl_mse_uniform10'] for e in ev])} |")
+    return "\n".join(lines) + "\n"
+
+
+# (key in eval, label, transform): curl and r_FP span orders of magnitude between seeds, so
+# their paired differences are taken on log10 (a ratio); NLL gap, KL, TV in their own units.
+PAIRED_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("gap", "NLL gap (nats)", "identity"),
+    ("nll", "NLL (nats)", "identity"),
+    ("kl", "KL (grid)", "identity"),
+    ("tv", "TV (grid)", "identity"),
+    ("curl_mse", "log10 curl MSE", "log10"),
+    ("r_fp", "log10 r_FP", "log10"),
+)
+
+
+def paired_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FP model vs DSM per data set and metric, paired by seed (only seeds both have):
+    {dataset, model, metric, n, mean_diff (FP - DSM, transformed), ci_low, ci_high, p_ttest,
+    p_signflip, p_signflip_min, n_lower (seeds where FP < DSM)}. The NLL row is given only
+    where the gap is not (without a closed form; on the same points the differences agree)."""
+    from scorefpe.experiments.significance import paired_comparison
+
+    out = []
+    for d in _datasets(records):
+        recs = [r for r in records if r["dataset"] == d and r["seed"] is not None]
+        base = {r["seed"]: r["eval"] for r in recs if r["model"] == "DSM"}
+        for lab in model_order(recs):
+            if lab == "DSM":
+                continue
+            trt = {r["seed"]: r["eval"] for r in recs if r["model"] == lab}
+            seeds = sorted(set(base) & set(trt))
+            if len(seeds) < 2:
+                continue
+            for key, name, tf in PAIRED_METRICS:
+                if key == "nll" and base[seeds[0]].get("gap") is not None:
+                    continue
+                a = [trt[s].get(key) for s in seeds]
+                b = [base[s].get(key) for s in seeds]
+                if any(v is None for v in a + b):
+                    continue
+                if tf == "log10":
+                    a, b = [math.log10(v) for v in a], [math.log10(v) for v in b]
+                pc = paired_comparison(a, b)
+                out.append(dict(dataset=d, model=lab, metric=name, n=pc.n,
+                                mean_diff=pc.mean_diff, ci_low=pc.ci_low, ci_high=pc.ci_high,
+                                p_ttest=pc.p_ttest, p_signflip=pc.p_signflip,
+                                p_signflip_min=pc.p_signflip_min,
+                                n_lower=sum(x < y for x, y in zip(a, b))))
+    return out
+
+
+def format_paired(records: list[dict[str, Any]]) -> str:
+    """Markdown table of `paired_records`."""
+    rows = paired_records(records)
+    if not rows:
+        return ""
+    lines = ["| data set | model vs DSM | metric | n | mean (FP - DSM) | 95 % bootstrap CI | "
+             "p paired t | p sign-flip (min) | FP lower |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['model']} | {r['metric']} | {r['n']} | "
+                     f"{r['mean_diff']:.3g} | [{r['ci_low']:.3g}, {r['ci_high']:.3g}] | "
+                     f"{r['p_ttest']:.2g} | {r['p_signflip']:.2g} ({r['p_signflip_min']:.2g}) | "
+                     f"{r['n_lower']}/{r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def curves_csv(records: list[dict[str, Any]], key: str = "curl") -> str:
+    """The per-t curve ``key`` of every record as CSV text: dataset,model,seed,t,mean,se (the
+    numbers behind the curve figures)."""
+    lines = ["dataset,model,seed,t,mean,se"]
+    for d, lab, rs in _rows(records):
+        for r in rs:
+            c = r["eval"]["curves"].get(key)
+            if c is None:
+                continue
+            seed = "" if r["seed"] is None else r["seed"]
+            for t, m, se in zip(c["t"], c["mean"], c["se"]):
+                lines.append(f"{d},{lab},{seed},{t!r},{m!r},{se!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -102,7 +216,17 @@ def table_markdown(records: list[dict[str, Any]], command: str, wall_seconds: fl
             f"{torch.get_num_threads()} threads. Sum over models of training + evaluation time: "
             f"{compute_seconds(records):.0f} s; wall time of this invocation: {wall_seconds:.0f} s "
             f"(runs with an eval.json already present are reused, not retimed).\n\n")
-    return head + format_table(records)
+    out = head + format_table(records)
+    conv = format_convergence(records)
+    if conv:
+        out += ("\nCurl MSE time mean on log-spaced grids of n_t times (grid-convergence "
+                "check), and the pre-issue-16 uniform 10-point trapezoid:\n\n" + conv)
+    paired = format_paired(records)
+    if paired:
+        out += ("\nPaired by seed, FP - DSM (paired t-test, exact sign-flip test with its "
+                "smallest attainable p, percentile bootstrap of the mean difference):\n\n"
+                + paired)
+    return out
 
 
 def _plt():
@@ -172,17 +296,20 @@ def plot_densities(records: list[dict[str, Any]], path: str | Path, title: str) 
 
 
 def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title: str,
-                ylabel: str) -> Path | None:
-    """One panel per data set: curve ``key`` ('curl', 'r_fp', 'r_dsm') over t for each model,
-    mean over seeds with the seed range shaded; log scale (values below 1e-40 drawn at 1e-40).
-    Returns the path written, or None (nothing written) when no data set has that curve (the
-    curl of 1-D sets)."""
+                ylabel: str, *, floor: float | None = None) -> Path | None:
+    """One panel per data set: curve ``key`` ('curl', 'r_fp', 'r_dsm') over log t for each
+    model, mean over seeds with the seed range shaded; log scale (values below 1e-40 drawn at
+    1e-40). ``floor``: a model whose curve stays below it everywhere (the closed form's
+    round-off) is not drawn but named in the legend with its largest value, so that it does not
+    squash the trained models' curves. Returns the path written, or None (nothing written) when
+    no data set has that curve (the curl of 1-D sets)."""
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in records)
                 if any(key in r["eval"]["curves"] for r in records if r["dataset"] == d)]
     if not datasets:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(3.4 * len(datasets), 5.0), 3.4),
+                             squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for lab in model_order([r for r in records if r["dataset"] == d]):
             rs = [r for r in records if r["dataset"] == d and r["model"] == lab
@@ -191,17 +318,21 @@ def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title
                 continue
             t = rs[0]["eval"]["curves"][key]["t"]
             ys = torch.tensor([r["eval"]["curves"][key]["mean"] for r in rs]).clamp_min(1e-40)
+            if floor is not None and float(ys.max()) < floor:
+                ax.plot([], [], " ", label=f"{lab}: < {float(ys.max()):.1g} (not drawn)")
+                continue
             (line,) = ax.plot(t, ys.mean(0), marker=".", lw=1, label=f"{lab} (n={len(rs)})")
             if len(rs) > 1:
                 ax.fill_between(t, ys.min(0).values, ys.max(0).values, color=line.get_color(),
                                 alpha=0.2)
         ax.set_yscale("log")
-        ax.set_xlabel("t")
+        ax.set_xscale("log")
+        ax.set_xlabel("t (log)")
         ax.set_title(d, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel(ylabel)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -227,7 +358,7 @@ def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str |
             r = _first_seed(records, d, lab)
             rel = Path(out_dir) / "runs" / d / _run_name(r)
             model, cfg = load_synthetic_run(rel, ema=r.get("weights") == "ema")
-            sde = make_sde(cfg.sde)
+            sde = build_model(cfg)[1]
             res = probability_flow_ode(model, sde, (n, ds.dim), t_min=cfg.t_min, rtol=1e-4,
                                        atol=1e-4, generator=torch.Generator().manual_seed(seed))
             panels.append((f"{lab} (seed {r['seed']})", res.samples.double()))

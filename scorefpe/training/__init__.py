@@ -20,13 +20,13 @@ from scorefpe.training.distributed import DistInfo, init_from_env
 from scorefpe.training.ema import EMA
 from scorefpe.training.loop import NonFiniteLossError, TrainResult, train
 from scorefpe.training.mnist_unet import PRESETS, MNISTRun, build_model, load_run, mnist_run, train_mnist
-from scorefpe.training.objective import dsm_objective
+from scorefpe.training.objective import DSMWeighting, dsm_objective, dsm_time_weight
 from scorefpe.training.randomness import StepContext, derive_seed
 
 __all__ = [
-    "BatchSource", "DistInfo", "EMA", "MNISTRun", "NonFiniteLossError", "PRESETS", "Precision",
+    "BatchSource", "DSMWeighting", "DistInfo", "EMA", "MNISTRun", "NonFiniteLossError", "PRESETS", "Precision",
     "SampledBatches", "StepContext", "TensorBatches", "TrainConfig", "TrainResult",
-    "atomic_write_json", "build_model", "derive_seed", "dsm_objective", "init_from_env",
+    "atomic_write_json", "build_model", "derive_seed", "dsm_objective", "dsm_time_weight", "init_from_env",
     "load_checkpoint", "load_run", "mnist_run", "resolve_device", "save_checkpoint", "train",
     "train_mnist",
 ]
