@@ -65,6 +65,12 @@ def _empty(directory: Path) -> None:
               help="Collocation times: uniform in t (the paper), uniform in the log score scale tau(t) "
                    "(where the score changes), or half of each.")
 @click.option("--ic-weight", type=NONNEG_FLOAT, default=1.0, show_default=True)
+@click.option("--ema", type=FiniteFloat(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Decay of an EMA of the weights used for evaluation, in [0, 1) (0: the raw weights).")
+@click.option("--causal-eps", type=NONNEG_FLOAT, default=0.0, show_default=True,
+              help="Causal weighting in t: bin i's residual weighted by exp(-eps (IC + earlier bins' residual)); 0: off.")
+@click.option("--causal-bins", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Equal t-bins of the causal weighting.")
 @click.option("--lr", type=POS_FLOAT, default=1e-2, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--depth", type=click.IntRange(min=1), default=3, show_default=True)
@@ -95,7 +101,7 @@ def _empty(directory: Path) -> None:
 @old_spelling("--batch-ic", "--ic-batch-size", "batch_ic", type=click.IntRange(min=1))
 @old_spelling("--em-steps", "--sampler-steps", "em_steps", type=click.IntRange(min=1))
 def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, uniform_fraction,
-           t_sampling, ic_weight, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
+           t_sampling, ic_weight, ema, causal_eps, causal_bins, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
            density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
     """Learn all scores from the score FPE and the score at t_min alone (FP-Diffusion Sec. 6.1)."""
@@ -119,7 +125,7 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
                            collocation=collocation,
                            uniform_fraction=0.5 if uniform_fraction is None else uniform_fraction,
                            t_sampling=t_sampling, init=init, t_min=t_min, hidden=hidden, depth=depth,
-                           seed=seed)
+                           seed=seed, ema=ema, causal_eps=causal_eps, causal_bins=causal_bins)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     out_dir = Path(out)

@@ -32,6 +32,7 @@ from scorefpe.pinn.solver import (
 )
 from scorefpe.sde import SDE
 from scorefpe.training.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
+from scorefpe.training.ema import EMA
 
 Tensor = torch.Tensor
 
@@ -40,7 +41,8 @@ N_SCALE_SAMPLES = 20000  # data samples behind data_scale / local_scale (their M
 # Options added after runs existed: the value that reproduces a checkpoint written before the
 # option did (the first wrapper; half-uniform mixed collocation; t ~ U[t_min, T]), so such runs
 # resume when given those values instead of being refused for a missing key.
-_BEFORE_OPTION = {"precond": "global", "uniform_fraction": 0.5, "t_sampling": "uniform"}
+_BEFORE_OPTION = {"precond": "global", "uniform_fraction": 0.5, "t_sampling": "uniform", "ema": 0.0,
+                  "causal_eps": 0.0, "causal_bins": 8}
 
 __all__ = [
     "CauchyEvalConfig",
@@ -143,7 +145,9 @@ def train_run(
     ``resume`` and a checkpoint in run_dir, continues from it: the result equals that of an
     uninterrupted run (the lr schedule is a function of the step and cfg.steps, so cfg.steps
     may grow). ``stop_after`` ends training at that step (checkpoint saved). ``progress``
-    shows a tqdm bar named ``label``.
+    shows a tqdm bar named ``label``. With cfg.ema > 0 an EMA of the weights (decay cfg.ema,
+    started at the initial weights) is kept beside the training (checkpoint key "ema"; the
+    raw weights stay under "model"), and the returned model holds the EMA weights.
 
     Raises:
         ResumeMismatchError: resuming with a configuration that differs from the checkpoint's
@@ -158,6 +162,7 @@ def train_run(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = TrainState()
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     ckpt = run_dir / "checkpoint.pt"
     elapsed0 = 0.0
     if resume and ckpt.is_file():
@@ -173,6 +178,8 @@ def train_run(
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         gen.set_state(saved["generator"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         state = TrainState(step=int(saved["step"]), history=list(saved["history"]))
         elapsed0 = float(saved["seconds"])
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +192,7 @@ def train_run(
             "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
             "generator": gen.get_state(), "step": state.step, "history": state.history,
             "seconds": elapsed0 + time.perf_counter() - t0,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         })
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc=label, unit="step", mininterval=2.0,
@@ -199,7 +207,7 @@ def train_run(
 
     start_step = state.step
     try:
-        train(model, loss_fn, opt, gen, cfg, state, callback=cb, stop_at=stop_after)
+        train(model, loss_fn, opt, gen, cfg, state, callback=cb, stop_at=stop_after, ema=ema)
     finally:
         bar.close()
     if state.step == start_step:
@@ -207,6 +215,8 @@ def train_run(
     seconds_this = time.perf_counter() - t0
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
     steps_this = state.step - start_step
+    if ema is not None:
+        ema.copy_to(model)  # after the last save: the checkpoint keeps the raw weights too
     return TrainRun(model=model, train_seconds=elapsed0 + seconds_this, steps=state.step,
                     steps_per_s=(steps_this / seconds_this) if steps_this else None,
                     final=state.history[-1] if state.history else {})

@@ -38,6 +38,7 @@ from scorefpe._util import parse_choice
 from scorefpe.operators import ResidualMethod, fp_residual
 from scorefpe.penalties import dsm_loss
 from scorefpe.sde import SDE
+from scorefpe.training.ema import EMA
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -108,7 +109,9 @@ class CauchyConfig:
     the collocation times' law (`TimeSampling`); t_min: start time; seed: all
     randomness (model init and the data/time/noise stream); objective: pinn or dsm;
     dsm_batch: batch of the DSM baseline (None: `evals_per_step` of the PINN config, so both
-    spend the same number of model evaluations per step).
+    spend the same number of model evaluations per step); ema: decay of an exponential moving
+    average of the weights that the evaluation uses (0: off, the raw weights; training itself
+    is unchanged); causal_eps, causal_bins: causal weighting in t (`causal_weights`; 0: off).
     """
 
     dataset: str = "gmm2d"
@@ -134,9 +137,12 @@ class CauchyConfig:
     t_sampling: str = "uniform"
     dsm_batch: int | None = None
     grad_clip: float = 10.0
+    ema: float = 0.0
+    causal_eps: float = 0.0
+    causal_bins: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth"):
+        for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth", "causal_bins"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -148,6 +154,11 @@ class CauchyConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {v!r}")
         if not (isinstance(self.ic_weight, (int, float)) and self.ic_weight >= 0):
             raise ValueError(f"ic_weight must be >= 0, got {self.ic_weight!r}")
+        if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema!r}")
+        e = self.causal_eps
+        if isinstance(e, bool) or not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
+            raise ValueError(f"causal_eps must be a finite number >= 0, got {e!r}")
         f = self.uniform_fraction
         if isinstance(f, bool) or not (isinstance(f, (int, float)) and 0 < f <= 1):
             raise ValueError(f"uniform_fraction must lie in (0, 1], got {self.uniform_fraction!r}")
@@ -227,6 +238,31 @@ def _mix_uniform(x: Tensor, x0: Tensor, t: Tensor, sde: SDE, gen: torch.Generato
     return torch.cat([x[:n], lo + u * (hi - lo)])
 
 
+def causal_weights(t: Tensor, per_point: Tensor, t_min: float, T: float, n_bins: int, eps: float,
+                   start: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
+    """Causal weighting in t (Wang, Sankaran & Perdikaris 2022, "Respecting causality"), on
+    one batch binned in t.
+
+    The batch's times t (B,) are put in ``n_bins`` equal bins of [t_min, T]; L_i is the mean of
+    ``per_point`` (B,) over bin i (0 for an empty bin), and bin i gets the weight
+        W_i = exp(-eps (start + sum_{k < i} L_k)),
+    detached from the graph: a later time is trained only once the earlier times (and ``start``,
+    here the initial-condition term) are fitted; W_i = 1 where they vanish. Returns
+    (W (n_bins,), the weighted loss sum_i W_i L_i / #non-empty bins (a scalar in the graph of
+    ``per_point``)). With all W_i = 1 that is the mean of the bin means, not of the points.
+    Cost: O(B).
+    """
+    edges = torch.linspace(t_min, T, n_bins + 1, dtype=t.dtype)[1:-1]
+    idx = torch.bucketize(t.detach(), edges)
+    count = torch.bincount(idx, minlength=n_bins).to(per_point.dtype)
+    sums = torch.zeros(n_bins, dtype=per_point.dtype).index_add(0, idx, per_point)
+    means = sums / count.clamp_min(1)
+    before = torch.cumsum(means.detach(), 0) - means.detach()
+    start = torch.as_tensor(start, dtype=per_point.dtype).detach()
+    w = torch.exp(-eps * (start + before))
+    return w, (w * means).sum() / (count > 0).sum()
+
+
 def cauchy_loss(
     score_fn: ScoreFn,
     scale_fn: Callable[[Tensor], Tensor],
@@ -247,6 +283,10 @@ def cauchy_loss(
     initial  = mean b(t_min)^2 ||s~(x, t_min) - target||^2 / D with target = s(x, t_min) (exact)
                or -z / std(t_min) (dsm; minimiser the same, variance ~ b^2 / std^2 per sample);
     total    = residual + ic_weight * initial.
+    With cfg.causal_eps > 0 the residual term of ``total`` is causally weighted in t
+    (`causal_weights`, cfg.causal_bins bins, the initial-condition term ic_weight * initial as
+    the start of the cumulative sum): total = residual_causal + ic_weight * initial, and the
+    dict also holds "residual_causal" and "causal_w_last" (the last bin's weight, a diagnostic).
 
     ``scale_fn`` is b(t) (the model's `out_scale`: with the local preconditioning b(t_min)^2 =
     1 / J_0, so ``initial`` is the squared error relative to the initial score's mean square). ``true_score`` is needed for init=exact.
@@ -269,7 +309,8 @@ def cauchy_loss(
         t_min=cfg.t_min, create_graph=True,
     )
     w = residual_weight(scale_fn, sde, t, weighting)
-    residual = (w[:, None] ** 2 * eps.pow(2)).sum(-1).mean() / d
+    per_point = (w[:, None] ** 2 * eps.pow(2)).sum(-1)
+    residual = per_point.mean() / d  # mean, then / d: the loss of runs made before causal weighting
 
     x0i = sample_x0(cfg.batch_ic, generator).to(dtype)
     ti = torch.full((cfg.batch_ic,), cfg.t_min, dtype=dtype)
@@ -284,7 +325,12 @@ def cauchy_loss(
         target = -z / sde.marginal_std(ti)[:, None]
     ci = scale_fn(ti)[:, None]
     initial = (ci**2 * (score_fn(xi, ti) - target).pow(2)).sum(-1).mean() / d
-    return {"residual": residual, "initial": initial, "total": residual + cfg.ic_weight * initial}
+    if cfg.causal_eps == 0:
+        return {"residual": residual, "initial": initial, "total": residual + cfg.ic_weight * initial}
+    ic = cfg.ic_weight * initial
+    cw, causal = causal_weights(t, per_point / d, cfg.t_min, sde.T, cfg.causal_bins, cfg.causal_eps, start=ic)
+    return {"residual": residual, "initial": initial, "residual_causal": causal,
+            "causal_w_last": cw[-1], "total": causal + ic}
 
 
 def dsm_baseline_loss(
@@ -339,11 +385,14 @@ def train(
     *,
     callback: Callable[[TrainState, dict[str, float]], None] | None = None,
     stop_at: int | None = None,
+    ema: EMA | None = None,
 ) -> TrainState:
     """Run optimiser steps state.step .. cfg.steps - 1 of ``loss_fn`` (Adam, cosine lr, gradient
     norm clipped at cfg.grad_clip). After each step, appends the loss terms to state.history and
     calls ``callback(state, terms)`` (progress, checkpoints). ``stop_at`` ends this call early at
     that step (the schedule still spans cfg.steps, so a resumed run continues it exactly).
+    ``ema`` (a `scorefpe.training.ema.EMA` of ``model``) is updated after each optimiser step;
+    it does not enter the loss, so the trajectory is the same with or without it.
     Returns the updated state.
 
     Raises:
@@ -366,6 +415,8 @@ def train(
         total.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
         state.step += 1
         row = {k: float(v.detach()) for k, v in terms.items()}
         row["grad_norm"] = float(gnorm)
