@@ -29,7 +29,6 @@ perturbed density q_t of the data set:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass

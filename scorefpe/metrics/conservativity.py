@@ -14,7 +14,6 @@ time-averaged values on their 2-D GMM: 2.22 (DSM), 1.89 (alpha = 1e-3), 0.60 (al
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
