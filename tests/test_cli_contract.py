@@ -300,10 +300,9 @@ def test_the_table_is_large_and_has_no_duplicates():
     assert len(CASES) >= 60
 
 
-# Known open defects, in files of another change (scorefpe/cli/modelcheck_cmd.py): strict, so the
-# test fails as soon as one is fixed and the mark must go.
-OPEN = {"check-model-out-under-file": "check --model computes the whole report, then fails "
-                                      "writing under --out with a NotADirectoryError traceback"}
+# Known open defects, by case id: each is marked xfail(strict=True), so its test fails as soon as
+# the defect is fixed and the mark must go. None is open today.
+OPEN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("args, needle, setup", [

@@ -101,7 +101,7 @@ def test_checkpoints_written_before_the_new_penalty_settings_resume_only_at_thei
     import json
 
     from scorefpe.training.loop import _config_diff
-    from scorefpe.training.mnist import mnist_run
+    from scorefpe.training.mnist_unet import mnist_run
 
     cfg = mnist_run("smoke", penalty="div", lam=0.1).to_dict()["penalty"]
     new = json.loads(json.dumps({"penalty": cfg}))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from scorefpe.cli._options import resolve_device_option
+from scorefpe.cli._options import output_dir, resolve_device_option
 from scorefpe.modelcheck.run import DTYPES
 from scorefpe.sde import SDES
 
@@ -134,6 +134,7 @@ def model_options(skip: tuple[str, ...] = ()) -> list[Callable]:
         "batch_size": click.option("--batch-size", type=click.IntRange(min=1), default=64,
                                    show_default=True),
         "out": click.option("--out", default=None, type=click.Path(file_okay=False),
+                            callback=output_dir,
                             help="Directory for report.json/.csv/.md/.png."),
         "seed": click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
     }
