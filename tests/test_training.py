@@ -425,3 +425,32 @@ def test_machine_name_helpers(monkeypatch):
     monkeypatch.setattr(_util.Path, "read_text", lambda self: "")
     monkeypatch.setattr(_util.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError()))
     assert _util.cpu_name() == (platform.processor() or platform.machine() or "unknown CPU")
+
+
+def test_cli_train_estimator_and_t_proposal_reach_the_run(tmp_path, monkeypatch):
+    # --estimator / --t-proposal are PenaltyConfig fields: they must land in the run's config and
+    # change the training (fd DIV draws no VJP; log-mixture t reweights every term).
+    import json
+
+    from click.testing import CliRunner
+
+    import scorefpe.data.mnist as mnist_mod
+    from scorefpe.cli.main import main
+
+    monkeypatch.setattr(mnist_mod, "mnist_tensor", lambda split, data_dir=None, n=None: (IMAGES, None))
+    base = ["train", "mnist", "--penalty", "div", "--width", "0.125", "--batch-size", "8",
+            "--epochs", "1", "--device", "cpu", "--max-steps", "2"]
+    losses = {}
+    for name, extra in {"default": [], "fd": ["--estimator", "fd"],
+                        "lm": ["--t-proposal", "log-mixture"]}.items():
+        out = tmp_path / name
+        res = CliRunner().invoke(main, [*base, "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        pen = json.loads((out / "config.json").read_text())["penalty"]
+        assert pen["estimator"] == ("fd" if name == "fd" else "autograd")
+        assert pen["t_proposal"] == ("log-mixture" if name == "lm" else "uniform")
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r for r in rows if "loss" in r][0]["loss"]
+    assert losses["fd"] != losses["default"] and losses["lm"] != losses["default"]
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "bad"), "--estimator", "fdd"])
+    assert res.exit_code == 2 and "fdd" in res.output

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from scorefpe.cli._options import POS_FLOAT, UNIT_OPEN, FiniteFloat, check_run_dir, output_dir, threads_option
-from scorefpe.penalties import Omega, Penalty
+from scorefpe.penalties import Estimator, Omega, Penalty, TimeProposal
 from scorefpe.training.config import Precision
 
 PENALTIES = [p.value for p in Penalty]
@@ -67,6 +67,15 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--omega", type=click.Choice([o.value for o in Omega]), default=None,
               help="fpd: time weight of the residual.")
 @click.option("--m", "m", type=click.IntRange(min=1), default=None, help="fpd: norm power.")
+@click.option("--estimator", type=click.Choice([e.value for e in Estimator]), default=None,
+              help="How DIV/JAC/FP differentiate the network: autograd (default: VJPs, a double "
+                   "backward for FP) or fd (finite differences in x: DIV/JAC ~1.75x a DSM step "
+                   "instead of ~2.5x at the same variance; FP cheaper per step but ~80x noisier "
+                   "per unit of compute: docs/results/bench_penalties_cpu.md).")
+@click.option("--t-proposal", type=click.Choice([p.value for p in TimeProposal]), default=None,
+              help="Distribution of t, every term reweighted so it stays unbiased (default "
+                   "uniform: the papers'; log-mixture / inverse-square-mixture lower the "
+                   "penalty's gradient variance, `scorefpe bench t-proposal`).")
 @threads_option
 def mnist(
     penalty: str, lam: float, out: Path, preset: str, resume: bool, data_dir: Path | None,
