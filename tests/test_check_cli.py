@@ -46,4 +46,5 @@ def test_check_sde_parameters_reach_the_battery(tmp_path):
                                     "--json", str(js)])
     assert res.exit_code == 0, res.output
     data = json.loads(js.read_text())
-    assert data["passed"] and data["sde_params"] == "VESDE(sigma_min=0.01, sigma_max=20.0, T=1.0)"
+    assert data["passed"] and data["sde_params"] == (
+        "VESDE(sigma_min=0.01, sigma_max=20.0, T=1.0, variance=<VEVariance.EXACT: 'exact'>)")

@@ -31,7 +31,7 @@ from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from scorefpe.sde import SDES
+from scorefpe.sde import SDES, VEVariance
 
 Expr = sp.Expr
 
@@ -234,7 +234,7 @@ def symbolic_sde(name: str, dim: int, **params: float) -> SymbolicSDE:
     """The VE, VP or sub-VP SDE of `scorefpe.sde` in sympy, in dimension dim.
 
     VE: f = 0, g(t) = sigma_min (sigma_max/sigma_min)^t sqrt(2 log(sigma_max/sigma_min)), a = 1,
-        v = sigma(t)^2 - sigma_min^2.
+        v = sigma(t)^2 - sigma_min^2 (or sigma(t)^2 with variance='song', `VEVariance`).
     VP: f = -1/2 beta(t) x, g^2 = beta(t) = beta_min + t (beta_max - beta_min),
         a = exp(-t^2 (beta_max - beta_min)/4 - t beta_min/2), v = 1 - a^2.
     sub-VP: as VP with g^2 = beta(t) (1 - a(t)^4), v = (1 - a^2)^2.
@@ -252,7 +252,8 @@ def symbolic_sde(name: str, dim: int, **params: float) -> SymbolicSDE:
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for SDE {key!r}; valid: {valid}")
     sde = SDES[key](**params)  # validates the values (ValueError) exactly as the torch SDE does
-    values = {p: _rational(getattr(sde, p)) for p in valid}
+    # Numeric parameters become rationals; the VE variance convention is a choice, not a number.
+    values = {p: _rational(getattr(sde, p)) for p in valid if p != "variance"}
     if key == "ve":
         smin, smax = sp.symbols("sigma_min sigma_max", positive=True)
         g = sp.Function("g")(t)
@@ -264,7 +265,7 @@ def symbolic_sde(name: str, dim: int, **params: float) -> SymbolicSDE:
             definitions=((g, sigma * sp.sqrt(2 * sp.log(smax / smin))),),
             params=((smin, values["sigma_min"]), (smax, values["sigma_max"])),
             mean_coeff=sp.S.One,
-            marginal_var=sigma**2 - smin**2,
+            marginal_var=sigma**2 if sde.variance is VEVariance.SONG else sigma**2 - smin**2,
         )  # fmt: skip
     bmin, bmax = sp.symbols("beta_min beta_max", positive=True)
     beta = sp.Function("beta")(t)
