@@ -35,8 +35,8 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
               callback=output_dir, help="Run directory.")
 @click.option("--preset", type=click.Choice(["smoke", "cpu", "paper"]), default="smoke",
               show_default=True,
-              help="smoke: 4,096 digits, width 0.25, 3 epochs (tests); cpu: 60,000 digits at the "
-                   "width/epochs measured to fit 15 min on 2 CPU cores "
+              help="smoke: 4,096 digits, width 0.25, 3 epochs (tests); cpu: 60,000 digits, "
+                   "width 0.25, 23 epochs, lr 2e-3: 15 min on 2 CPU cores "
                    "(docs/results/mnist_cpu_tradeoff.md); paper: 60,000 digits, width 1, "
                    "200 epochs (GPU).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
