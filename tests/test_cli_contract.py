@@ -300,14 +300,8 @@ def test_the_table_is_large_and_has_no_duplicates():
     assert len(CASES) >= 60
 
 
-# Known open defects, by case id: each is marked xfail(strict=True), so its test fails as soon as
-# the defect is fixed and the mark must go. None is open today.
-OPEN: dict[str, str] = {}
-
-
-@pytest.mark.parametrize("args, needle, setup", [
-    pytest.param(*c[1:], marks=pytest.mark.xfail(strict=True, reason=OPEN[c[0]])) if c[0] in OPEN
-    else c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("args, needle, setup", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_names_it_and_writes_nothing(tmp_path, monkeypatch, args, needle, setup):
     ws = _workspace(tmp_path, setup)
     monkeypatch.setenv("SCOREFPE_CACHE", ws["CACHE"])
