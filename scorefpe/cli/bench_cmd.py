@@ -10,6 +10,10 @@ from pathlib import Path
 import click
 
 from scorefpe.cli._options import POS_FLOAT, old_spelling, output_file, threads_option
+from scorefpe.penalties import TimeProposal
+
+# The proposals that bench t-proposal compares with uniform t: every non-uniform one.
+_PROPOSALS = tuple(p.value for p in TimeProposal if p is not TimeProposal.UNIFORM)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,8 +118,7 @@ def penalties(
               show_default=True, help="U-Net width factor (1 = the papers' net).")
 @click.option("--device", type=str, default="auto", show_default=True)
 @click.option("--proposal", "proposals", multiple=True,
-              type=click.Choice(["log-mixture", "inverse-square-mixture"]),
-              default=("log-mixture", "inverse-square-mixture"), show_default=True,
+              type=click.Choice(_PROPOSALS), default=_PROPOSALS, show_default=True,
               help="Proposals of t to compare with uniform t (repeatable).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Use real MNIST digits from here (default: uniform noise).")
