@@ -22,8 +22,7 @@ def run_model_overlay(models: tuple[str, ...], *, out: str | None, **kw) -> None
 
     if out is None:
         raise click.UsageError("several --model need --out DIR for the overlay figure")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise click.UsageError(f"--out {out!r} exists and is not a directory")
+    # --out itself was checked when parsed (model option's output_dir callback)
     try:
         labels = run_labels(models)
     except ValueError as err:
