@@ -412,3 +412,51 @@ def test_cpu_preset_code_path_trains_a_tiny_model(tmp_path, data):
         assert math.isfinite(rec["fid"])
     assert json.loads((out / "jac-s0" / "config.json").read_text())["penalty"]["lam"] == 1e-4
     assert "| jac | 0.0001 | 1/1 |" in paths["md"].read_text()
+
+
+# ---------------------------------------------------------------------- sub-batch per penalty
+
+
+def test_parse_sub_batches_and_resolution(tmp_path):
+    from scorefpe.experiments.table1 import parse_sub_batches
+
+    assert parse_sub_batches("fp=8") == (("fp", 8),)
+    assert parse_sub_batches("fp=all, div=16") == (("fp", None), ("div", 16))
+    for bad, needle in [("dsm=8", "'dsm'"), ("fp=0", "positive integer"), ("fp=1.5", "'1.5'"),
+                        ("fp=8,fp=4", "twice"), ("fp", "name=k"), (",", "name=k")]:
+        with pytest.raises(ValueError, match=needle):
+            parse_sub_batches(bad)
+    # The cpu preset estimates fp on 8 samples, the others on the batch; an explicit spec
+    # replaces the preset's (a penalty it does not name uses the whole batch).
+    cpu = {s.loss: s.run.penalty.sub_batch for s in plan_runs(Table1Config(preset="cpu"), "x")}
+    assert cpu == {"none": None, "fp": 8, "sn": None, "jac": None, "div": None}
+    given = Table1Config(preset="cpu", sub_batches=(("jac", 16),))
+    got = {s.loss: s.run.penalty.sub_batch for s in plan_runs(given, "x")}
+    assert got == {"none": None, "fp": None, "sn": None, "jac": 16, "div": None}
+    assert given.to_dict()["sub_batches"] == {"jac": 16}
+    assert Table1Config(preset="tiny").to_dict()["sub_batches"] == {}
+    md = write_tables(Table1Config(preset="cpu"), tmp_path)["md"].read_text()
+    assert "fp on 8 of 64 samples per batch" in md
+    assert "sub-batch" not in write_tables(Table1Config(preset="tiny"), tmp_path / "t")["md"].read_text()
+    with pytest.raises(ValueError, match="sub-batch of fp"):
+        Table1Config(sub_batches=(("fp", 0),))
+
+
+def test_changed_sub_batch_refuses_the_old_experiment_dir(tmp_path):
+    out = tmp_path / "exp"
+    out.mkdir()
+    old = Table1Config(preset="cpu").to_dict()
+    (out / EXPERIMENT_JSON).write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="sub_batches"):
+        run_table1(Table1Config(preset="cpu", sub_batches=(("fp", 16),)), out)
+
+
+@pytest.mark.parametrize("spec, needle", [("fp=0", "fp"), ("foo=8", "'foo'"), ("fp=x", "'x'")])
+def test_cli_bad_sub_batch_exit_2(tmp_path, spec, needle):
+    from scorefpe.cli.main import main
+
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(main, ["experiment", "table1", "--out", str(out), "--sub-batch", spec])
+    assert res.exit_code == 2, res.output
+    assert "--sub-batch" in res.output and needle in res.output and "Traceback" not in res.output
+    assert not out.exists()

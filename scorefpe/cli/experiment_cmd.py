@@ -48,6 +48,18 @@ def _lams(ctx: click.Context, param: click.Parameter,
         raise click.BadParameter(str(err), ctx=ctx, param=param) from None
 
 
+def _sub_batches(ctx: click.Context, param: click.Parameter,
+                 value: str | None) -> tuple[tuple[str, int | None], ...] | None:
+    """--sub-batch: name=k pairs (`scorefpe.experiments.table1.parse_sub_batches`)."""
+    from scorefpe.experiments.table1 import parse_sub_batches
+
+    if value is None:
+        return None
+    try:
+        return parse_sub_batches(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
 
 @click.group("experiment")
 def experiment() -> None:
@@ -75,6 +87,10 @@ def experiment() -> None:
                    "(e.g. fp=1e-6,sn=1e-2; unnamed penalties keep the preset's). Default: the "
                    "preset's (1e-3 each; the cpu preset's are PLACEHOLDERS until its lambda scan "
                    "is run).")
+@click.option("--sub-batch", "sub_batches", type=str, default=None, callback=_sub_batches,
+              help="Estimate a penalty on the first k samples of each batch (unbiased, variance "
+                   "x batch/k, cost about /(batch/k)): name=k pairs, e.g. fp=8; fp=all for the "
+                   "whole batch. Default: the preset's (cpu: fp=8; others: the whole batch).")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
 @click.option("--sampler-steps", "steps", type=int, default=None, callback=positive_int,
@@ -85,6 +101,7 @@ def experiment() -> None:
 @old_spelling("--steps", "--sampler-steps", "steps", type=int, callback=positive_int)
 def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width: float | None,
            n_train: int | None, lam_spec: tuple[float | None, tuple[tuple[str, float], ...]],
+           sub_batches: tuple[tuple[str, int | None], ...] | None,
            n_samples: int | None, steps: int | None, data_dir: Path | None) -> None:
     """Train (or reuse) none/fp/sn/jac/div x seeds, evaluate each, and write Table I.
 
@@ -100,7 +117,8 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width:
     lam, lams = lam_spec
     try:
         cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam, lams=lams,
-                           width=width, n_train=n_train, n_samples=n_samples, steps=steps)
+                           width=width, n_train=n_train, n_samples=n_samples, steps=steps,
+                           sub_batches=sub_batches)
         check_experiment_dir(out)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

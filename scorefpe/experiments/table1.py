@@ -75,6 +75,7 @@ __all__ = [
     "check_experiment_dir",
     "eval_metrics",
     "parse_lams",
+    "parse_sub_batches",
     "plan_runs",
     "run_table1",
     "significance",
@@ -91,6 +92,8 @@ class ExperimentPreset:
     n_reference: real test images used for FID/density/coverage (None: all 10,000).
     lams: the default penalty weight of each penalty (fp, sn, jac, div); a penalty not named
         gets LAM_DEFAULT. source: where the values come from (printed in the table's header).
+    sub_batches: penalty -> sub-batch size of its estimator (`PenaltyConfig.sub_batch`: P on
+        the first k samples of each batch, variance x B/k); a penalty not named uses the batch.
     """
 
     train_preset: str
@@ -100,6 +103,7 @@ class ExperimentPreset:
     n_reference: int | None
     lams: tuple[tuple[str, float], ...] = ()
     source: str = ""
+    sub_batches: tuple[tuple[str, int | None], ...] = ()
 
 
 # Each penalty's weight at the cpu scale, from the lambda scan of
@@ -143,6 +147,10 @@ EXPERIMENT_PRESETS: dict[str, ExperimentPreset] = {
         lams=CPU_LAMS,
         source="docs/results/mnist_cpu_tradeoff.md (training and sampler; the lambdas are "
                "PLACEHOLDERS, 1e-3 each, until the lambda scan is run)",
+        # The full-batch FP penalty costs 7.7x a DSM step on this CPU, 2.1x on 8 of the 64
+        # samples (docs/results/bench_penalties_cpu.md): 3 seeds of Table I fit the machine
+        # only with the sub-batch, whose variance price the page reports.
+        sub_batches=(("fp", 8),),
     ),
     # The 2026 paper's set-up for a GPU (scripts/gpu_table1.sh runs it in resumable chunks):
     # 60,000 digits, width 1, batch 32, 200 epochs, 3 seeds, 10,000 samples by PC (500 steps,
@@ -200,6 +208,42 @@ def parse_lams(spec: str) -> tuple[float | None, tuple[tuple[str, float], ...]]:
     return None, tuple(pairs.items())
 
 
+def parse_sub_batches(spec: str) -> tuple[tuple[str, int | None], ...]:
+    """Parse a --sub-batch value: ``name=k`` pairs separated by commas (``fp=8,div=16``; ``fp=all``
+    estimates fp on the whole batch; penalties not named use the whole batch).
+
+    Raises:
+        ValueError: an unknown penalty name (naming the valid ones), a repeated name, a value
+            that is not a positive integer or ``all``.
+    """
+    pairs: dict[str, int | None] = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        name, sep, value = (v.strip() for v in item.partition("="))
+        if not sep:
+            raise ValueError(f"expected name=k pairs like fp=8, got {item!r}")
+        if name not in PENALTIES:
+            raise ValueError(f"unknown penalty {name!r} in --sub-batch; choose among "
+                             f"{list(PENALTIES)}")
+        if name in pairs:
+            raise ValueError(f"penalty {name!r} is given twice in --sub-batch")
+        if value == "all":
+            pairs[name] = None
+            continue
+        try:
+            k = int(value)
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ValueError(f"sub-batch of {name} must be a positive integer or 'all', "
+                             f"got {value!r}")
+        pairs[name] = k
+    if not pairs:
+        raise ValueError(f"expected name=k pairs like fp=8, got {spec!r}")
+    return tuple(pairs.items())
+
+
 @dataclass(frozen=True)
 class Table1Config:
     """One Table I experiment: preset, number of seeds (0..seeds-1), epochs, width and n_train
@@ -226,6 +270,7 @@ class Table1Config:
     lams: tuple[tuple[str, float], ...] = field(default=())
     width: float | None = None
     n_train: int | None = None
+    sub_batches: tuple[tuple[str, int | None], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in EXPERIMENT_PRESETS:
@@ -247,6 +292,13 @@ class Table1Config:
         if bad_lams:
             raise ValueError(f"unknown penalties {bad_lams!r} in lams; choose among "
                              f"{list(PENALTIES)}")
+        for k, v in self.sub_batches or ():
+            if k not in PENALTIES:
+                raise ValueError(f"unknown penalty {k!r} in sub_batches; choose among "
+                                 f"{list(PENALTIES)}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"sub-batch of {k} must be a positive integer or None (the "
+                                 f"whole batch), got {v!r}")
         bad = [x for x in self.losses if x not in LOSSES]
         if bad or not self.losses:
             raise ValueError(f"unknown losses {bad!r}; choose among {list(LOSSES)}")
@@ -261,6 +313,12 @@ class Table1Config:
         if self.lam is not None:
             return float(self.lam)
         return float(dict(self.spec.lams).get(loss, LAM_DEFAULT))
+
+    def sub_batch_of(self, loss: str) -> int | None:
+        """The sub-batch of ``loss``'s penalty estimator (None: the whole batch): ``sub_batches``
+        if given (a penalty it does not name uses the whole batch), else the preset's."""
+        given = self.sub_batches if self.sub_batches is not None else self.spec.sub_batches
+        return dict(given).get(loss)
 
     @property
     def resolved_lams(self) -> dict[str, float]:
@@ -290,6 +348,8 @@ class Table1Config:
         return {
             "kind": "table1", "preset": self.preset, "seeds": self.n_seeds, "epochs": self.epochs,
             "lams": self.resolved_lams, "width": self.width, "n_train": self.n_train,
+            "sub_batches": {loss: self.sub_batch_of(loss) for loss in self.losses
+                            if self.sub_batch_of(loss) is not None},
             "n_samples": self.n_samples, "steps": self.steps,
             "losses": list(self.losses), "extra_train": [list(kv) for kv in self.extra_train],
             "extra_eval": [list(kv) for kv in self.extra_eval],
@@ -321,6 +381,8 @@ def plan_runs(cfg: Table1Config, out: str | Path) -> list[RunSpec]:
             for name in ("epochs", "width", "n_train"):
                 if getattr(cfg, name) is not None:
                     kw[name] = getattr(cfg, name)
+            if cfg.sub_batch_of(loss) is not None:
+                kw["sub_batch"] = cfg.sub_batch_of(loss)
             run = mnist_run(cfg.spec.train_preset, penalty=loss, lam=cfg.lam_of(loss), **kw)
             specs.append(RunSpec(loss, seed, out / f"{loss}-s{seed}", run))
     return specs
@@ -605,6 +667,11 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
     s = ecfg.sample
     run0 = plan_runs(cfg, out)[0].run
     src = f" Preset values from {cfg.spec.source}." if cfg.spec.source else ""
+    subs = {loss: cfg.sub_batch_of(loss) for loss in cfg.losses
+            if cfg.sub_batch_of(loss) is not None}
+    sub_txt = (" Penalties estimated on a sub-batch (unbiased, variance x batch/k): "
+               + ", ".join(f"{k} on {v} of {run0.train.batch_size} samples per batch"
+                           for k, v in subs.items()) + "." if subs else "")
     digests = sorted({json.loads(p.read_text()).get("lenet_weights_sha256") or "not recorded"
                       for p in out.glob(f"*-s*/{EVAL_JSON}")})
     md = [
@@ -612,7 +679,7 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
         f"Training (resolved settings): preset `{cfg.spec.train_preset}`, "
         f"epochs {run0.train.epochs}, batch {run0.train.batch_size}, width {run0.model.width}, "
         f"n_train {run0.n_train or 60000}, lr {run0.train.lr}, EMA {run0.train.ema_decay}; "
-        f"lambda per loss in the lambda column.{src}",
+        f"lambda per loss in the lambda column.{sub_txt}{src}",
         f"Evaluation: {s.n} samples by `{s.sampler}` ({s.steps} steps), "
         f"{'all' if cfg.spec.n_reference is None else cfg.spec.n_reference} test images as "
         f"reference, NLL on {ecfg.nll_n} test images. ± is the sample std over seeds (none for "
@@ -684,8 +751,9 @@ def run_table1(
             old["lams"] = {loss: 0.0 if loss == BASELINE else old["lam"]
                            for loss in old.get("losses", LOSSES)}
         keep = ("preset", "lams", "width", "n_train", "n_samples", "steps", "extra_train",
-                "extra_eval")
-        diff = [k for k in keep if old.get(k, [] if k.startswith("extra") else None) != new[k]]
+                "extra_eval", "sub_batches")
+        absent = {"extra_train": [], "extra_eval": [], "sub_batches": {}}
+        diff = [k for k in keep if old.get(k, absent.get(k)) != new[k]]
         if diff:
             raise ValueError(f"{out} holds an experiment with other settings ({', '.join(diff)}); "
                              "choose another --out")
