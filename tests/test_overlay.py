@@ -67,7 +67,7 @@ def test_cli_overlay_of_two_runs(runs, tmp_path):
 
 def test_library_check_runs_matches_the_cli(runs, tmp_path):
     from scorefpe.modelcheck import data_sampler
-    from scorefpe.modelcheck.overlay import check_runs, overlay_csv, plot_overlay
+    from scorefpe.modelcheck.overlay import check_runs, overlay_csv, plot_overlay, write_overlay
 
     a, b, _ = runs
     reps = check_runs([a, b], data_sampler(str(a.parent / "x0.npy")).sample, t_grid=(0.1, 1.0),
@@ -83,6 +83,8 @@ def test_library_check_runs_matches_the_cli(runs, tmp_path):
     for k, v in cli.items():
         assert lib[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
     assert plot_overlay(reps, tmp_path / "f.png").stat().st_size > 10_000
+    png, table = write_overlay(reps, tmp_path / "lib")
+    assert png.stat().st_size > 10_000 and _rows(table.read_text()) == lib
 
 
 def test_cli_overlay_bad_input(runs, tmp_path):

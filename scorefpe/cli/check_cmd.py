@@ -17,8 +17,8 @@ def run_model_overlay(models: tuple[str, ...], *, out: str | None, **kw) -> None
     then their curves overlaid in OUT/overlay.png and OUT/overlay.csv. Bad input exits 2."""
     from pathlib import Path
 
-    from scorefpe._util import atomic_write_text, run_labels
-    from scorefpe.modelcheck.overlay import overlay_csv, plot_overlay
+    from scorefpe._util import run_labels
+    from scorefpe.modelcheck.overlay import write_overlay
 
     if out is None:
         raise click.UsageError("several --model need --out DIR for the overlay figure")
@@ -31,10 +31,9 @@ def run_model_overlay(models: tuple[str, ...], *, out: str | None, **kw) -> None
     for label, spec in zip(labels, models):
         click.echo(f"== {label} ({spec})")
         reports[label] = run_model_check(model=spec, out=str(Path(out) / label), **kw)
-    png = plot_overlay(reports, Path(out) / "overlay.png",
-                       title=f"scorefpe check: {len(models)} models, same draws (seed {kw['seed']})")
-    atomic_write_text(Path(out) / "overlay.csv", overlay_csv(reports))
-    click.echo(f"wrote {png} and {Path(out) / 'overlay.csv'}")
+    png, table = write_overlay(
+        reports, out, title=f"scorefpe check: {len(models)} models, same draws (seed {kw['seed']})")
+    click.echo(f"wrote {png} and {table}")
 
 # Model options that also define the battery's SDE; every other model option needs --model.
 SDE_PARAMS = ("beta_min", "beta_max", "sigma_min", "sigma_max")

@@ -17,11 +17,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from scorefpe._util import run_labels, save_figure
+from scorefpe._util import atomic_write_text, run_labels, save_figure
 from scorefpe.modelcheck.compute import check_model
 from scorefpe.modelcheck.report import ModelReport, style_panel
 
-__all__ = ["OVERLAY_QUANTITIES", "check_runs", "overlay_csv", "plot_overlay"]
+__all__ = ["OVERLAY_QUANTITIES", "check_runs", "overlay_csv", "plot_overlay", "write_overlay"]
 
 # Panels, in order: the score-FPE residual, the asymmetry of the Jacobian (absolute and
 # normalised: conservativity), then the other diagnostics of the paper's figures.
@@ -122,3 +122,14 @@ def overlay_csv(reports: Mapping[str, ModelReport]) -> str:
             for t, s in zip(rep.t, rep.stats[q]):
                 w.writerow([label, repr(t), q, repr(s.mean), repr(s.se), repr(s.lo), repr(s.hi)])
     return buf.getvalue()
+
+
+def write_overlay(reports: Mapping[str, ModelReport], out_dir: str | Path, *,
+                  title: str = "") -> tuple[Path, Path]:
+    """`plot_overlay` to out_dir/overlay.png and `overlay_csv` to out_dir/overlay.csv (atomic
+    writes, after both are computed). Returns (png, csv). Raises what `plot_overlay` raises."""
+    out_dir = Path(out_dir)
+    png = plot_overlay(reports, out_dir / "overlay.png", title=title)
+    table = out_dir / "overlay.csv"
+    atomic_write_text(table, overlay_csv(reports))
+    return png, table
