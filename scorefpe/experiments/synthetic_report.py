@@ -212,8 +212,9 @@ def table_markdown(records: list[dict[str, Any]], command: str, wall_seconds: fl
     """table.md of the benchmark: the command that made it, the machine (CPU model, torch
     version and threads), the summed compute time (`compute_seconds`) and this invocation's wall
     time, then `format_table`."""
+    n = torch.get_num_threads()
     head = (f"Command: `{command}`\n\nMachine: {cpu_name()}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads. Sum over models of training + evaluation time: "
+            f"{n} thread{'s' if n != 1 else ''}. Sum over models of training + evaluation time: "
             f"{compute_seconds(records):.0f} s; wall time of this invocation: {wall_seconds:.0f} s "
             f"(runs with an eval.json already present are reused, not retimed).\n\n")
     out = head + format_table(records)
