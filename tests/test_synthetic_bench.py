@@ -165,8 +165,9 @@ def test_table_markdown_header_and_compute_time():
     assert compute_seconds(recs) == 10.0 + 2.5 + 2.5
     text = table_markdown(recs, "scorefpe benchmark synthetic --out X", 99.0)
     assert text.startswith("Command: `scorefpe benchmark synthetic --out X`\n\n")
-    assert (f"Machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} "
-            "threads. Sum over models of training + evaluation time: 15 s; wall time of this "
+    n = torch.get_num_threads()
+    assert (f"Machine: {cpu_name()}, torch {torch.__version__}, {n} "
+            f"thread{'' if n == 1 else 's'}. Sum over models of training + evaluation time: 15 s; wall time of this "
             "invocation: 99 s") in text
     assert text.endswith(format_table(recs))
 
@@ -282,3 +283,42 @@ def test_cli_run_dir_errors(tmp_path):
     assert _train_cli(runner, tmp_path / "r1", dataset="gmm1d").exit_code == 0
     r = runner.invoke(main, ["curl", str(tmp_path / "r1")])
     assert r.exit_code == 2 and "1-D" in r.output
+
+
+def test_a_diverged_training_is_reported_and_the_benchmark_goes_on(tmp_path, monkeypatch):
+    """A NonFiniteLossError in one training: that run gets diverged.json and a line in table.md,
+    the others are trained, evaluated and tabulated, and a second call reuses the record
+    instead of training again (the draws are seeded: it would diverge again)."""
+    import scorefpe.experiments.synthetic_bench as sb
+    from scorefpe.experiments import synthetic_report as report
+    from scorefpe.training import NonFiniteLossError
+
+    real = sb.train_synthetic_run
+    calls = []
+
+    def fake(cfg, run_dir, **kw):
+        calls.append((cfg.penalty, cfg.seed))
+        if cfg.penalty == "fpd" and cfg.seed == 1:
+            raise NonFiniteLossError(3, "gradient", float("nan"), 2)
+        return real(cfg, run_dir, **kw)
+
+    monkeypatch.setattr(sb, "train_synthetic_run", fake)
+    bcfg = sb.BenchmarkConfig(datasets=("gmm1d",), sde="ve", alphas=(1e-3,), seeds=(0, 1),
+                              steps=4, eval=EvalConfig(n_test=8, grid=4, n_t=3, n_points=8))
+    recs = sb.run_benchmark(bcfg, tmp_path)
+    div = [r for r in recs if r.get("diverged")]
+    assert [(r["model"], r["seed"], r["eval"]) for r in div] == [("FP a=0.001", 1, None)]
+    assert div[0]["diverged"]["step"] == 3 and div[0]["diverged"]["steps"] == 4
+    assert (tmp_path / "runs" / "gmm1d" / "fp0.001_s1" / sb.DIVERGED_NAME).is_file()
+    assert not (tmp_path / "runs" / "gmm1d" / "fp0.001_s1" / "eval.json").exists()
+    rows = {line.split("|")[2].strip(): line.split("|")[3].strip()
+            for line in report.format_table(recs).splitlines()[2:]}
+    assert rows == {"DSM": "0,1", "FP a=0.001": "0", "closed form": "-"}
+    md = report.table_markdown(recs, "cmd", 1.0)
+    assert "- gmm1d FP a=0.001 seed 1: gradient = nan at step 3 of 4" in md
+    csv_text = report.curves_csv(recs, "r_fp")
+    assert "FP a=0.001,0," in csv_text and "FP a=0.001,1," not in csv_text
+    n = len(calls)
+    again = sb.run_benchmark(bcfg, tmp_path)
+    assert len(calls) == n  # nothing retrained
+    assert [r.get("diverged") for r in again] == [r.get("diverged") for r in recs]

@@ -48,18 +48,20 @@ from scorefpe.penalties import Omega, Penalty, PenaltyConfig
 from scorefpe.residuals import (Curve, Spacing, dsm_residual_curve, fp_residual_curve, log_t_grid,
                                 time_grid)
 from scorefpe.sde import SDE, SDES, VEVariance, make_sde
-from scorefpe.training import (DSMWeighting, SampledBatches, TrainConfig, dsm_objective,
-                               load_checkpoint, train)
+from scorefpe.training import (DSMWeighting, NonFiniteLossError, SampledBatches, TrainConfig,
+                               dsm_objective, load_checkpoint, train)
 from scorefpe.training.checkpoint import atomic_write_json
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 __all__ = [
+    "DIVERGED_NAME",
     "EvalConfig",
     "GRID_BOXES",
     "PENALTIES",
     "SyntheticRunConfig",
+    "diverged_record",
     "evaluate_score",
     "heldout_likelihood",
     "load_synthetic_run",
@@ -78,6 +80,9 @@ GRID_BOXES: dict[str, tuple[float, float]] = {
 }
 
 TIMING_NAME = "timing.json"
+# Written instead of eval.json when a training diverged: the draws are seeded, so a rerun
+# diverges at the same step; the benchmark reports the run and leaves it out of the means.
+DIVERGED_NAME = "diverged.json"
 
 
 def _pos_int(name: str, v: Any) -> None:
@@ -524,7 +529,9 @@ def run_benchmark(
     of each data set that has one under out_dir/runs/<dataset>/closed_form/. A run whose
     eval.json exists is reused (so an interrupted benchmark resumes; delete to redo).
 
-    Returns one record per model: {dataset, model, seed, train: timing or None, eval: ...}.
+    Returns one record per model: {dataset, model, seed, train: timing or None, eval: ...}; a
+    run whose training diverged (NonFiniteLossError) gets a `diverged_record` (eval None),
+    written as diverged.json and reused on the next call, and the benchmark goes on.
 
     Raises:
         ValueError: out_dir holds a finished run whose settings differ from ``bcfg``'s.
@@ -540,7 +547,14 @@ def run_benchmark(
     for rel, cfg in bcfg.runs():
         run_dir = runs_dir / rel
         ev_path = run_dir / EVAL_NAME
-        if ev_path.is_file():
+        div_path = run_dir / DIVERGED_NAME
+        if div_path.is_file() and not ev_path.is_file():
+            rec = read_json(div_path, DIVERGED_NAME)
+            if not isinstance(rec, dict) or rec.get("config") != cfg.to_dict():
+                raise ValueError(
+                    f"{run_dir} holds a run with other settings than this benchmark's; "
+                    f"choose another output directory or delete it")
+        elif ev_path.is_file():
             rec = read_json(ev_path, "eval.json")
             if not isinstance(rec, dict) or rec.get("config") != cfg.to_dict():
                 raise ValueError(
@@ -554,7 +568,15 @@ def run_benchmark(
                     import shutil
 
                     shutil.rmtree(run_dir)
-                timing = train_synthetic_run(cfg, run_dir, progress=progress)
+                try:
+                    timing = train_synthetic_run(cfg, run_dir, progress=progress)
+                except NonFiniteLossError as err:
+                    rec = diverged_record(cfg, err)
+                    atomic_write_json(div_path, rec)
+                    records.append(rec)
+                    if log:
+                        _log_record(log, rec)
+                    continue
             model, _ = load_synthetic_run(run_dir, ema=bcfg.use_ema)
             _, sde, ds = build_model(cfg)
             ev = evaluate_score(model, sde, ds, t_min=cfg.t_min, dtype=torch.float32, ecfg=ecfg)
@@ -585,7 +607,21 @@ def run_benchmark(
     return records
 
 
+def diverged_record(cfg: SyntheticRunConfig, err: NonFiniteLossError) -> dict[str, Any]:
+    """The benchmark's record of a run whose training diverged: no evaluation (``eval`` None),
+    ``diverged`` = {step, term, value, checkpoint_step} of the NonFiniteLossError."""
+    return {"dataset": cfg.dataset, "model": cfg.label, "seed": cfg.seed, "config": cfg.to_dict(),
+            "train": None, "eval": None,
+            "diverged": {"step": err.step, "term": err.term, "value": repr(err.value),
+                         "checkpoint_step": err.checkpoint_step, "steps": cfg.steps}}
+
+
 def _log_record(log: Callable[[str], None], rec: dict[str, Any]) -> None:
+    if rec.get("diverged"):
+        dv = rec["diverged"]
+        log(f"{rec['dataset']:12s} {rec['model']:11s} seed={rec['seed']}: DIVERGED at step "
+            f"{dv['step']} of {dv['steps']} ({dv['term']} = {dv['value']}); left out of the table")
+        return
     ev = rec["eval"]
     tr = rec["train"]
     gap = "n/a" if ev["gap"] is None else f"{ev['gap']:.3f}"

@@ -60,12 +60,19 @@ def _agg(vals: list[float | None]) -> str:
     return f"{m:.3g} ± {statistics.stdev(v):.2g}"
 
 
+def evaluated(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records that have an evaluation (not the diverged runs of `diverged_record`)."""
+    return [r for r in records if r.get("eval") is not None]
+
+
 def _datasets(records: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(r["dataset"] for r in records))
+    return list(dict.fromkeys(r["dataset"] for r in evaluated(records)))
 
 
 def _rows(records: list[dict[str, Any]]):
-    """(data set, model label, records of that model sorted by seed) in table order."""
+    """(data set, model label, records of that model sorted by seed) in table order; diverged
+    runs are left out."""
+    records = evaluated(records)
     for d in _datasets(records):
         recs = [r for r in records if r["dataset"] == d]
         for lab in model_order(recs):
@@ -104,7 +111,7 @@ def format_convergence(records: list[dict[str, Any]]) -> str:
     """Markdown table of the curl MSE's grid-convergence check: the time mean on each log grid
     (mean ± std over seeds), beside the pre-issue-16 10-point uniform trapezoid."""
     grids: list[str] = []
-    for r in records:
+    for r in evaluated(records):
         for n in (r["eval"].get("curl_mse_by_grid") or {}):
             if n not in grids:
                 grids.append(n)
@@ -144,6 +151,7 @@ def paired_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from scorefpe.experiments.significance import paired_comparison
 
     out = []
+    records = evaluated(records)
     for d in _datasets(records):
         recs = [r for r in records if r["dataset"] == d and r["seed"] is not None]
         base = {r["seed"]: r["eval"] for r in recs if r["model"] == "DSM"}
@@ -205,19 +213,38 @@ def curves_csv(records: list[dict[str, Any]], key: str = "curl") -> str:
 def compute_seconds(records: list[dict[str, Any]]) -> float:
     """Training plus evaluation seconds summed over the records (the closed form has no
     training; a reused run counts the time recorded when it was made)."""
-    return sum((r["train"] or {}).get("seconds", 0.0) + r["eval"]["seconds"] for r in records)
+    return sum((r["train"] or {}).get("seconds", 0.0) + r["eval"]["seconds"]
+               for r in evaluated(records))
+
+
+def format_diverged(records: list[dict[str, Any]]) -> str:
+    """One line per diverged run (empty when none): data set, model, seed, step, term."""
+    lines = []
+    for r in records:
+        dv = r.get("diverged")
+        if dv:
+            lines.append(f"- {r['dataset']} {r['model']} seed {r['seed']}: {dv['term']} = "
+                         f"{dv['value']} at step {dv['step']} of {dv['steps']}")
+    if not lines:
+        return ""
+    return ("Diverged trainings (non-finite loss or gradient; left out of the means and the "
+            "paired tests, whose seeds columns show which seeds count; the draws are seeded, so "
+            "a rerun diverges at the same step):\n\n" + "\n".join(lines) + "\n")
 
 
 def table_markdown(records: list[dict[str, Any]], command: str, wall_seconds: float) -> str:
     """table.md of the benchmark: the command that made it, the machine (CPU model, torch
     version and threads), the summed compute time (`compute_seconds`) and this invocation's wall
-    time, then `format_table`."""
+    time, then `format_table` and `format_diverged`."""
     n = torch.get_num_threads()
     head = (f"Command: `{command}`\n\nMachine: {cpu_name()}, torch {torch.__version__}, "
             f"{n} thread{'s' if n != 1 else ''}. Sum over models of training + evaluation time: "
             f"{compute_seconds(records):.0f} s; wall time of this invocation: {wall_seconds:.0f} s "
             f"(runs with an eval.json already present are reused, not retimed).\n\n")
     out = head + format_table(records)
+    div = format_diverged(records)
+    if div:
+        out += "\n" + div
     conv = format_convergence(records)
     if conv:
         out += ("\nCurl MSE time mean on log-spaced grids of n_t times (grid-convergence "
@@ -248,6 +275,7 @@ def plot_densities(records: list[dict[str, Any]], path: str | Path, title: str) 
     """Rows: data sets; columns: true q_{t_min} then each model's p_{t_min} (lowest seed) on the
     evaluation grid. 1-D sets are drawn as curves in one panel."""
     plt = _plt()
+    records = evaluated(records)
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     labels = [lab for lab in model_order(records) if lab != "closed form"]
     ncol = 1 + len(labels)
@@ -304,6 +332,7 @@ def plot_curves(records: list[dict[str, Any]], key: str, path: str | Path, title
     round-off) is not drawn but named in the legend with its largest value, so that it does not
     squash the trained models' curves. Returns the path written, or None (nothing written) when
     no data set has that curve (the curl of 1-D sets)."""
+    records = evaluated(records)
     datasets = [d for d in dict.fromkeys(r["dataset"] for r in records)
                 if any(key in r["eval"]["curves"] for r in records if r["dataset"] == d)]
     if not datasets:
@@ -345,6 +374,7 @@ def plot_samples(out_dir: str | Path, records: list[dict[str, Any]], path: str |
     from scorefpe.sampling.samplers import probability_flow_ode
 
     plt = _plt()
+    records = evaluated(records)
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     labels = [lab for lab in model_order(records) if lab != "closed form"]
     ncol = 1 + len(labels)
