@@ -273,6 +273,7 @@ CASES = [
     ("table1-lam-nan", "experiment table1 --lam nan --out {N}", "nan", None),
     ("table1-sub-batch-zero", "experiment table1 --sub-batch fp=0 --out {N}", "fp", None),
     ("table1-sub-batch-unknown", "experiment table1 --sub-batch dsm=8 --out {N}", "dsm", None),
+    ("table1-losses-unknown", "experiment table1 --losses none,dsm --out {N}", "dsm", None),
     ("table1-out-file", "experiment table1 --out {F}", "plain.txt", None),
     ("table1-out-foreign", "experiment table1 --out {X}", "other", None),
     ("table1-sampler-steps-zero", "experiment table1 --sampler-steps 0 --out {N}", "--sampler-steps", None),

@@ -61,6 +61,23 @@ def _sub_batches(ctx: click.Context, param: click.Parameter,
         raise click.BadParameter(str(err), ctx=ctx, param=param) from None
 
 
+def _losses(ctx: click.Context, param: click.Parameter,
+            value: str | None) -> tuple[str, ...] | None:
+    """--losses: comma-separated names among none, fp, sn, jac, div, each at most once."""
+    from scorefpe.experiments.table1 import LOSSES
+
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in LOSSES]
+    if bad or not names:
+        raise click.BadParameter(f"unknown losses {bad or [value]!r}; choose among {list(LOSSES)}",
+                                 ctx=ctx, param=param)
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"a loss is given twice in {value!r}", ctx=ctx, param=param)
+    return tuple(names)
+
+
 @click.group("experiment")
 def experiment() -> None:
     """Experiments of the papers, built from train / eval / report."""
@@ -91,6 +108,10 @@ def experiment() -> None:
               help="Estimate a penalty on the first k samples of each batch (unbiased, variance "
                    "x batch/k, cost about /(batch/k)): name=k pairs, e.g. fp=8; fp=all for the "
                    "whole batch. Default: the preset's (cpu: fp=8; others: the whole batch).")
+@click.option("--losses", "only", type=str, default=None, callback=_losses,
+              help="Train and evaluate only these losses in this call (comma-separated, e.g. "
+                   "none,fp; default: all five). Calls with disjoint --losses on the same --out "
+                   "can run at the same time (one per core); the tables list every loss.")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
 @click.option("--sampler-steps", "steps", type=int, default=None, callback=positive_int,
@@ -101,7 +122,7 @@ def experiment() -> None:
 @old_spelling("--steps", "--sampler-steps", "steps", type=int, callback=positive_int)
 def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width: float | None,
            n_train: int | None, lam_spec: tuple[float | None, tuple[tuple[str, float], ...]],
-           sub_batches: tuple[tuple[str, int | None], ...] | None,
+           sub_batches: tuple[tuple[str, int | None], ...] | None, only: tuple[str, ...] | None,
            n_samples: int | None, steps: int | None, data_dir: Path | None) -> None:
     """Train (or reuse) none/fp/sn/jac/div x seeds, evaluate each, and write Table I.
 
@@ -118,7 +139,7 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width:
     try:
         cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam, lams=lams,
                            width=width, n_train=n_train, n_samples=n_samples, steps=steps,
-                           sub_batches=sub_batches)
+                           sub_batches=sub_batches, only=only)
         check_experiment_dir(out)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

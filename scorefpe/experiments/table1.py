@@ -249,6 +249,8 @@ class Table1Config:
     """One Table I experiment: preset, number of seeds (0..seeds-1), epochs, width and n_train
     (None: the preset's), penalty weights, sample count and sampler steps (None: the preset's),
     the losses, and extra `mnist_run` overrides / `EvalConfig` fields on top of the preset.
+    only: the losses this call trains and evaluates (None: all); not part of the experiment's
+    identity, so calls with disjoint ``only`` can share one directory (one per CPU core).
 
     The weight of penalty p is ``dict(lams)[p]`` if given, else ``lam`` if given, else the
     preset's (`ExperimentPreset.lams`, then LAM_DEFAULT); `lam_of` resolves it. "none" has 0.
@@ -271,6 +273,7 @@ class Table1Config:
     width: float | None = None
     n_train: int | None = None
     sub_batches: tuple[tuple[str, int | None], ...] | None = None
+    only: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in EXPERIMENT_PRESETS:
@@ -302,6 +305,11 @@ class Table1Config:
         bad = [x for x in self.losses if x not in LOSSES]
         if bad or not self.losses:
             raise ValueError(f"unknown losses {bad!r}; choose among {list(LOSSES)}")
+        if self.only is not None:
+            bad = [x for x in self.only if x not in self.losses]
+            if bad or not self.only:
+                raise ValueError(f"losses {bad!r} to run are not in the experiment; choose "
+                                 f"among {list(self.losses)}")
 
     def lam_of(self, loss: str) -> float:
         """The penalty weight lambda of ``loss`` (0 for none); see the class docstring."""
@@ -759,7 +767,9 @@ def run_table1(
                              "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps(new, indent=2, sort_keys=True) + "\n")
-    specs = plan_runs(cfg, out)
+    # cfg.only: this call's share of the runs (another call may work on the rest of the same
+    # directory at the same time); the tables always cover every loss of the experiment.
+    specs = [sp for sp in plan_runs(cfg, out) if cfg.only is None or sp.loss in cfg.only]
     ecfg = cfg.eval_config()
     total = len(specs)
     done = sum(_eval_done(sp, ecfg) for sp in specs)
