@@ -472,9 +472,9 @@ class ICBalancer:
     gradient L2 norms as in their later papers instead of max / mean of |grad|).
 
     Every ``every``-th step (the first included) lambda_hat = ||grad_theta R|| / ||grad_theta I||,
-    R the residual term (the causal one when on), I the initial-condition term, and
-    lambda <- decay lambda + (1 - decay) lambda_hat; total = R + lambda I. lambda starts at
-    cfg.ic_weight. Cost: on an update step one extra backward of R and one of I (R's, through
+    R the residual term (the causal one when on; its weights' start term keeps cfg.ic_weight),
+    I the initial-condition term, and lambda <- decay lambda + (1 - decay) lambda_hat;
+    total = R + lambda I. lambda starts at cfg.ic_weight. Cost: on an update step one extra backward of R and one of I (R's, through
     second derivatives, dominates: ~1 / every more backward work). Saved in the checkpoint."""
 
     def __init__(self, weight: float, every: int, decay: float) -> None:
