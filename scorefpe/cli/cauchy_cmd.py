@@ -71,6 +71,17 @@ def _empty(directory: Path) -> None:
               help="Causal weighting in t: bin i's residual weighted by exp(-eps (IC + earlier bins' residual)); 0: off.")
 @click.option("--causal-bins", type=click.IntRange(min=1), default=8, show_default=True,
               help="Equal t-bins of the causal weighting.")
+@click.option("--rad-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Residual-based adaptive collocation: redraw a candidate pool every N steps and draw "
+                   "the batch prop. to r^k/mean(r^k)+c of its residuals; 0: off.")
+@click.option("--rad-pool", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Candidates per pool of --rad-every.")
+@click.option("--rad-k", type=NONNEG_FLOAT, default=1.0, show_default=True, help="Exponent k of --rad-every.")
+@click.option("--rad-c", type=NONNEG_FLOAT, default=1.0, show_default=True, help="Offset c of --rad-every.")
+@click.option("--balance-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Every N steps set the IC weight to a running average of |grad residual|/|grad IC|; 0: off.")
+@click.option("--balance-decay", type=FiniteFloat(min=0, max=1, max_open=True), default=0.9, show_default=True,
+              help="Decay of the running average of --balance-every, in [0, 1).")
 @click.option("--lr", type=POS_FLOAT, default=1e-2, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--depth", type=click.IntRange(min=1), default=3, show_default=True)
@@ -101,7 +112,8 @@ def _empty(directory: Path) -> None:
 @old_spelling("--batch-ic", "--ic-batch-size", "batch_ic", type=click.IntRange(min=1))
 @old_spelling("--em-steps", "--sampler-steps", "em_steps", type=click.IntRange(min=1))
 def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, uniform_fraction,
-           t_sampling, ic_weight, ema, causal_eps, causal_bins, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
+           t_sampling, ic_weight, ema, causal_eps, causal_bins, rad_every, rad_pool, rad_k, rad_c,
+           balance_every, balance_decay, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
            density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
     """Learn all scores from the score FPE and the score at t_min alone (FP-Diffusion Sec. 6.1)."""
@@ -125,7 +137,9 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
                            collocation=collocation,
                            uniform_fraction=0.5 if uniform_fraction is None else uniform_fraction,
                            t_sampling=t_sampling, init=init, t_min=t_min, hidden=hidden, depth=depth,
-                           seed=seed, ema=ema, causal_eps=causal_eps, causal_bins=causal_bins)
+                           seed=seed, ema=ema, causal_eps=causal_eps, causal_bins=causal_bins,
+                           rad_every=rad_every, rad_pool=rad_pool, rad_k=rad_k, rad_c=rad_c,
+                           balance_every=balance_every, balance_decay=balance_decay)
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     out_dir = Path(out)

@@ -23,8 +23,10 @@ from scorefpe.pinn.evaluate import EvalResult, density_grid, evaluate_model
 from scorefpe.pinn.model import PreconditionedScore, data_scale, local_scale
 from scorefpe.pinn.solver import (
     CauchyConfig,
+    ICBalancer,
     Objective,
     Preconditioning,
+    ResidualPool,
     TrainState,
     evals_per_step,
     make_loss,
@@ -42,7 +44,8 @@ N_SCALE_SAMPLES = 20000  # data samples behind data_scale / local_scale (their M
 # option did (the first wrapper; half-uniform mixed collocation; t ~ U[t_min, T]), so such runs
 # resume when given those values instead of being refused for a missing key.
 _BEFORE_OPTION = {"precond": "global", "uniform_fraction": 0.5, "t_sampling": "uniform", "ema": 0.0,
-                  "causal_eps": 0.0, "causal_bins": 8}
+                  "causal_eps": 0.0, "causal_bins": 8, "rad_every": 0, "rad_pool": 4096, "rad_k": 1.0,
+                  "rad_c": 1.0, "balance_every": 0, "balance_decay": 0.9}
 
 __all__ = [
     "CauchyEvalConfig",
@@ -147,7 +150,9 @@ def train_run(
     may grow). ``stop_after`` ends training at that step (checkpoint saved). ``progress``
     shows a tqdm bar named ``label``. With cfg.ema > 0 an EMA of the weights (decay cfg.ema,
     started at the initial weights) is kept beside the training (checkpoint key "ema"; the
-    raw weights stay under "model"), and the returned model holds the EMA weights.
+    raw weights stay under "model"), and the returned model holds the EMA weights. The state of
+    adaptive collocation (cfg.rad_every > 0, key "rad") and of the initial-condition balancing
+    (cfg.balance_every > 0, key "balance") is checkpointed too, so those runs resume exactly.
 
     Raises:
         ResumeMismatchError: resuming with a configuration that differs from the checkpoint's
@@ -163,6 +168,8 @@ def train_run(
     gen = torch.Generator().manual_seed(cfg.seed)
     state = TrainState()
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    pool = ResidualPool.from_config(cfg) if Objective(cfg.objective) is Objective.PINN else None
+    balancer = ICBalancer.from_config(cfg) if Objective(cfg.objective) is Objective.PINN else None
     ckpt = run_dir / "checkpoint.pt"
     elapsed0 = 0.0
     if resume and ckpt.is_file():
@@ -180,11 +187,15 @@ def train_run(
         gen.set_state(saved["generator"])
         if ema is not None:
             ema.load_state_dict(saved["ema"])
+        if pool is not None:
+            pool.load_state_dict(saved["rad"])
+        if balancer is not None:
+            balancer.load_state_dict(saved["balance"])
         state = TrainState(step=int(saved["step"]), history=list(saved["history"]))
         elapsed0 = float(saved["seconds"])
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    loss_fn = make_loss(model, sde, dataset.sample, dataset.score_fn(sde), cfg)
+    loss_fn = make_loss(model, sde, dataset.sample, dataset.score_fn(sde), cfg, pool=pool)
     t0 = time.perf_counter()
 
     def save() -> None:
@@ -193,6 +204,8 @@ def train_run(
             "generator": gen.get_state(), "step": state.step, "history": state.history,
             "seconds": elapsed0 + time.perf_counter() - t0,
             **({"ema": ema.state_dict()} if ema is not None else {}),
+            **({"rad": pool.state_dict()} if pool is not None else {}),
+            **({"balance": balancer.state_dict()} if balancer is not None else {}),
         })
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc=label, unit="step", mininterval=2.0,
@@ -207,7 +220,8 @@ def train_run(
 
     start_step = state.step
     try:
-        train(model, loss_fn, opt, gen, cfg, state, callback=cb, stop_at=stop_after, ema=ema)
+        train(model, loss_fn, opt, gen, cfg, state, callback=cb, stop_at=stop_after, ema=ema,
+              balancer=balancer)
     finally:
         bar.close()
     if state.step == start_step:

@@ -111,7 +111,12 @@ class CauchyConfig:
     dsm_batch: batch of the DSM baseline (None: `evals_per_step` of the PINN config, so both
     spend the same number of model evaluations per step); ema: decay of an exponential moving
     average of the weights that the evaluation uses (0: off, the raw weights; training itself
-    is unchanged); causal_eps, causal_bins: causal weighting in t (`causal_weights`; 0: off).
+    is unchanged); causal_eps, causal_bins: causal weighting in t (`causal_weights`; 0: off);
+    rad_every, rad_pool, rad_k, rad_c: residual-based adaptive collocation (`ResidualPool`;
+    rad_every 0: off): every rad_every steps a pool of rad_pool candidates is drawn from the
+    collocation law and the batch is drawn from it with probability prop. to
+    r^k / mean(r^k) + c (`rad_probabilities`); balance_every, balance_decay: gradient-norm
+    balancing of the initial-condition weight (`ICBalancer`; balance_every 0: off).
     """
 
     dataset: str = "gmm2d"
@@ -140,9 +145,15 @@ class CauchyConfig:
     ema: float = 0.0
     causal_eps: float = 0.0
     causal_bins: int = 8
+    rad_every: int = 0
+    rad_pool: int = 4096
+    rad_k: float = 1.0
+    rad_c: float = 1.0
+    balance_every: int = 0
+    balance_decay: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth", "causal_bins"):
+        for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth", "causal_bins", "rad_pool"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -159,6 +170,17 @@ class CauchyConfig:
         e = self.causal_eps
         if isinstance(e, bool) or not (isinstance(e, (int, float)) and math.isfinite(e) and e >= 0):
             raise ValueError(f"causal_eps must be a finite number >= 0, got {e!r}")
+        for name in ("rad_every", "balance_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: off), got {v!r}")
+        for name in ("rad_k", "rad_c"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        b = self.balance_decay
+        if isinstance(b, bool) or not (isinstance(b, (int, float)) and 0 <= b < 1):
+            raise ValueError(f"balance_decay must lie in [0, 1), got {b!r}")
         f = self.uniform_fraction
         if isinstance(f, bool) or not (isinstance(f, (int, float)) and 0 < f <= 1):
             raise ValueError(f"uniform_fraction must lie in (0, 1], got {self.uniform_fraction!r}")
@@ -263,6 +285,74 @@ def causal_weights(t: Tensor, per_point: Tensor, t_min: float, T: float, n_bins:
     return w, (w * means).sum() / (count > 0).sum()
 
 
+def _collocation_points(n: int, cfg: CauchyConfig, sde: SDE, scale_fn: Callable[[Tensor], Tensor],
+                        sample_x0: X0Sampler, gen: torch.Generator, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """n collocation points of the law of ``cfg`` (x (n, D), t (n,)): x0 from the data, t by
+    cfg.t_sampling, x = a(t) x0 + sqrt(v(t)) z, and with collocation=mixed the share
+    cfg.uniform_fraction of them uniform on the widened box (`_mix_uniform`)."""
+    x0 = sample_x0(n, gen).to(dtype)
+    t = _sample_t(n, cfg, sde, scale_fn, gen, dtype)
+    x, _ = sde.perturb(x0, t, gen)
+    if Collocation(cfg.collocation) is Collocation.MIXED:
+        x = _mix_uniform(x, x0, t, sde, gen, cfg.uniform_fraction)
+    return x, t
+
+
+def rad_probabilities(r: Tensor, k: float, c: float) -> Tensor:
+    """Sampling probabilities of residual-based adaptive distribution (RAD; Wu, Zhu, Tan, Kartha
+    & Lu 2023, eq. 2): p_j prop. to r_j^k / mean_j(r_j^k) + c, normalised to sum 1.
+
+    r (N,) >= 0 are the candidates' residuals (here w(t)^2 ||eps||^2 / D). k = 0 or c -> inf
+    give the uniform choice among the candidates (the collocation law itself); c = 0 samples
+    prop. to r^k alone, which the RAD paper found too greedy. All r zero: uniform. Cost O(N).
+    """
+    rk = r.detach().to(torch.float64).clamp_min(0) ** k
+    m = rk.mean()
+    p = (rk / m if m > 0 else torch.zeros_like(rk)) + c
+    if not bool(p.sum() > 0):  # c = 0 and every r zero
+        p = torch.ones_like(p)
+    return p / p.sum()
+
+
+class ResidualPool:
+    """State of residual-based adaptive collocation (`rad_probabilities`): a pool of candidate
+    collocation points (x (N, D), t (N,)) from the collocation law, their probabilities, and the
+    number of batches drawn. Every ``every``-th draw (the first included) the pool is redrawn and
+    its residuals evaluated with the current model; the batch is drawn from the pool with
+    replacement. Saved in the checkpoint (`state_dict`), so a resumed run draws the same points."""
+
+    def __init__(self, every: int, size: int, k: float, c: float) -> None:
+        if every < 1 or size < 1:
+            raise ValueError(f"ResidualPool needs every >= 1 and size >= 1, got {every!r}, {size!r}")
+        self.every, self.size, self.k, self.c = every, size, k, c
+        self.x: Tensor | None = None
+        self.t: Tensor | None = None
+        self.prob: Tensor | None = None
+        self.draws = 0
+
+    @classmethod
+    def from_config(cls, cfg: CauchyConfig) -> "ResidualPool | None":
+        """The pool of ``cfg`` (None when cfg.rad_every == 0)."""
+        return cls(cfg.rad_every, cfg.rad_pool, cfg.rad_k, cfg.rad_c) if cfg.rad_every > 0 else None
+
+    def draw(self, n: int, refresh: Callable[[], tuple[Tensor, Tensor, Tensor]],
+             gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n points (x, t) drawn from the pool by its probabilities; first, on every ``every``-th
+        call, ``refresh()`` -> (x, t, r) replaces the pool and its probabilities."""
+        if self.draws % self.every == 0 or self.x is None:
+            self.x, self.t, r = refresh()
+            self.prob = rad_probabilities(r, self.k, self.c)
+        self.draws += 1
+        idx = torch.multinomial(self.prob, n, replacement=True, generator=gen)
+        return self.x[idx], self.t[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"x": self.x, "t": self.t, "prob": self.prob, "draws": self.draws}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.x, self.t, self.prob, self.draws = state["x"], state["t"], state["prob"], int(state["draws"])
+
+
 def cauchy_loss(
     score_fn: ScoreFn,
     scale_fn: Callable[[Tensor], Tensor],
@@ -272,6 +362,7 @@ def cauchy_loss(
     cfg: CauchyConfig,
     generator: torch.Generator,
     dtype: torch.dtype = torch.float32,
+    pool: ResidualPool | None = None,
 ) -> dict[str, Tensor]:
     """One draw of the Cauchy-problem loss; returns {"residual", "initial", "total"} (scalars,
     in the autograd graph of score_fn's parameters).
@@ -287,6 +378,11 @@ def cauchy_loss(
     (`causal_weights`, cfg.causal_bins bins, the initial-condition term ic_weight * initial as
     the start of the cumulative sum): total = residual_causal + ic_weight * initial, and the
     dict also holds "residual_causal" and "causal_w_last" (the last bin's weight, a diagnostic).
+    With a ``pool`` (residual-based adaptive collocation, `ResidualPool`) the collocation
+    points are drawn from it: on a refresh, cfg.rad_pool candidates of the law above, ranked by
+    w(t)^2 ||eps||^2 / D of the current model (cfg.residual, no graph: about (D + 1) rad_pool
+    model evaluations); the residual term is their plain mean (RAD does not reweight: the loss's
+    measure moves to where the residual is large).
 
     ``scale_fn`` is b(t) (the model's `out_scale`: with the local preconditioning b(t_min)^2 =
     1 / J_0, so ``initial`` is the squared error relative to the initial score's mean square). ``true_score`` is needed for init=exact.
@@ -297,19 +393,26 @@ def cauchy_loss(
     """
     init = InitCondition(cfg.init)
     weighting = Weighting(cfg.weighting)
-    x0 = sample_x0(cfg.batch, generator).to(dtype)
-    d = x0.shape[1]
-    t = _sample_t(cfg.batch, cfg, sde, scale_fn, generator, dtype)
-    x, _ = sde.perturb(x0, t, generator)
     mixed = Collocation(cfg.collocation) is Collocation.MIXED
-    if mixed:
-        x = _mix_uniform(x, x0, t, sde, generator, cfg.uniform_fraction)
-    eps = fp_residual(
-        score_fn, sde, x, t, method=cfg.residual, n_probes=cfg.n_probes, generator=generator,
-        t_min=cfg.t_min, create_graph=True,
-    )
-    w = residual_weight(scale_fn, sde, t, weighting)
-    per_point = (w[:, None] ** 2 * eps.pow(2)).sum(-1)
+
+    def weighted_residual(x: Tensor, t: Tensor, create_graph: bool) -> Tensor:
+        eps = fp_residual(
+            score_fn, sde, x, t, method=cfg.residual, n_probes=cfg.n_probes, generator=generator,
+            t_min=cfg.t_min, create_graph=create_graph,
+        )
+        w = residual_weight(scale_fn, sde, t, weighting)
+        return (w[:, None] ** 2 * eps.pow(2)).sum(-1)
+
+    def refresh() -> tuple[Tensor, Tensor, Tensor]:
+        xc, tc = _collocation_points(cfg.rad_pool, cfg, sde, scale_fn, sample_x0, generator, dtype)
+        return xc, tc, weighted_residual(xc, tc, False).detach() / xc.shape[1]
+
+    if pool is None:
+        x, t = _collocation_points(cfg.batch, cfg, sde, scale_fn, sample_x0, generator, dtype)
+    else:
+        x, t = pool.draw(cfg.batch, refresh, generator)
+    d = x.shape[1]
+    per_point = weighted_residual(x, t, True)
     residual = per_point.mean() / d  # mean, then / d: the loss of runs made before causal weighting
 
     x0i = sample_x0(cfg.batch_ic, generator).to(dtype)
@@ -352,13 +455,57 @@ def dsm_baseline_loss(
 
 
 def make_loss(
-    model: nn.Module, sde: SDE, sample_x0: X0Sampler, true_score: ScoreFn | None, cfg: CauchyConfig
+    model: nn.Module, sde: SDE, sample_x0: X0Sampler, true_score: ScoreFn | None, cfg: CauchyConfig,
+    pool: ResidualPool | None = None,
 ) -> Callable[[torch.Generator], dict[str, Tensor]]:
-    """The loss of ``cfg.objective`` as a function of the step's generator."""
+    """The loss of ``cfg.objective`` as a function of the step's generator (PINN: drawing its
+    collocation points from ``pool`` when given, `ResidualPool`)."""
     if Objective(cfg.objective) is Objective.PINN:
-        return lambda gen: cauchy_loss(model, model.out_scale, sde, sample_x0, true_score, cfg, gen)
+        return lambda gen: cauchy_loss(model, model.out_scale, sde, sample_x0, true_score, cfg, gen, pool=pool)
     batch = cfg.dsm_batch if cfg.dsm_batch is not None else evals_per_step(cfg, model.net.config.dim)
     return lambda gen: dsm_baseline_loss(model, sde, sample_x0, batch, cfg.t_min, gen)
+
+
+class ICBalancer:
+    """Gradient-norm balancing of the initial-condition weight (Wang, Teng & Perdikaris 2021,
+    "Understanding and mitigating gradient pathologies in PINNs", Algorithm 1, with the ratio of
+    gradient L2 norms as in their later papers instead of max / mean of |grad|).
+
+    Every ``every``-th step (the first included) lambda_hat = ||grad_theta R|| / ||grad_theta I||,
+    R the residual term (the causal one when on; its weights' start term keeps cfg.ic_weight),
+    I the initial-condition term, and lambda <- decay lambda + (1 - decay) lambda_hat;
+    total = R + lambda I. lambda starts at cfg.ic_weight. Cost: on an update step one extra backward of R and one of I (R's, through
+    second derivatives, dominates: ~1 / every more backward work). Saved in the checkpoint."""
+
+    def __init__(self, weight: float, every: int, decay: float) -> None:
+        if every < 1 or not (0 <= decay < 1):
+            raise ValueError(f"ICBalancer needs every >= 1 and decay in [0, 1), got {every!r}, {decay!r}")
+        self.weight, self.every, self.decay = float(weight), every, float(decay)
+
+    @classmethod
+    def from_config(cls, cfg: CauchyConfig) -> "ICBalancer | None":
+        """The balancer of ``cfg`` (None when cfg.balance_every == 0)."""
+        return cls(cfg.ic_weight, cfg.balance_every, cfg.balance_decay) if cfg.balance_every > 0 else None
+
+    def weigh(self, terms: dict[str, Tensor], params: list[Tensor], step: int) -> dict[str, Tensor]:
+        """``terms`` of `cauchy_loss` with "total" = R + lambda I and "ic_weight" = lambda, after
+        updating lambda if ``step`` (0-based, the step about to be taken) is an update step."""
+        res = terms.get("residual_causal", terms["residual"])
+        if step % self.every == 0:
+            g_r = torch.autograd.grad(res, params, retain_graph=True, allow_unused=True)
+            g_i = torch.autograd.grad(terms["initial"], params, retain_graph=True, allow_unused=True)
+            n_r = torch.sqrt(sum((g.pow(2).sum() for g in g_r if g is not None), torch.zeros(())))
+            n_i = torch.sqrt(sum((g.pow(2).sum() for g in g_i if g is not None), torch.zeros(())))
+            if bool(n_i > 0) and bool(torch.isfinite(n_r)) and bool(torch.isfinite(n_i)):
+                self.weight = self.decay * self.weight + (1 - self.decay) * float(n_r / n_i)
+        lam = torch.tensor(self.weight, dtype=res.dtype)
+        return {**terms, "ic_weight": lam, "total": res + lam * terms["initial"]}
+
+    def state_dict(self) -> dict[str, float]:
+        return {"weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.weight = float(state["weight"])
 
 
 @dataclass
@@ -386,13 +533,15 @@ def train(
     callback: Callable[[TrainState, dict[str, float]], None] | None = None,
     stop_at: int | None = None,
     ema: EMA | None = None,
+    balancer: ICBalancer | None = None,
 ) -> TrainState:
     """Run optimiser steps state.step .. cfg.steps - 1 of ``loss_fn`` (Adam, cosine lr, gradient
     norm clipped at cfg.grad_clip). After each step, appends the loss terms to state.history and
     calls ``callback(state, terms)`` (progress, checkpoints). ``stop_at`` ends this call early at
     that step (the schedule still spans cfg.steps, so a resumed run continues it exactly).
     ``ema`` (a `scorefpe.training.ema.EMA` of ``model``) is updated after each optimiser step;
-    it does not enter the loss, so the trajectory is the same with or without it.
+    it does not enter the loss, so the trajectory is the same with or without it. ``balancer``
+    (`ICBalancer`) replaces the loss's "total" by R + lambda I with its own lambda.
     Returns the updated state.
 
     Raises:
@@ -405,6 +554,8 @@ def train(
             group["lr"] = lr_at(state.step, cfg)
         optimizer.zero_grad(set_to_none=True)
         terms = loss_fn(generator)
+        if balancer is not None:
+            terms = balancer.weigh(terms, [p for g in optimizer.param_groups for p in g["params"]], state.step)
         total = terms["total"]
         if not bool(torch.isfinite(total)):
             # Name the first non-finite term: it says which part of the loss blew up.
