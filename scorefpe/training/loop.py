@@ -282,7 +282,7 @@ def train(
         bar = tqdm(total=limit, initial=step, unit="step", dynamic_ncols=True)
 
     epoch_sums: dict[str, float] = {}
-    epoch_steps = 0
+    epoch_steps = epoch_clipped = 0
     t_epoch = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -328,10 +328,13 @@ def train(
             for k, v in last_means.items():
                 epoch_sums[k] = epoch_sums.get(k, 0.0) + v
             epoch_steps += 1
+            if cfg.grad_clip is not None and float(gnorm) > cfg.grad_clip:
+                epoch_clipped += 1
             if step % cfg.log_every == 0 or step == limit:
+                # grad_norm: the global norm before clipping (what grad_clip acts on).
                 metrics.write(
                     {"kind": "step", "step": step, "epoch": epoch, "loss": loss_val,
-                     "terms": last_means, "images_per_s": ips}
+                     "terms": last_means, "images_per_s": ips, "grad_norm": float(gnorm)}
                 )
             if bar is not None:
                 bar.update(1)
@@ -345,9 +348,11 @@ def train(
                      "complete": epoch_steps == spe, "time_s": elapsed,
                      "images_per_s": epoch_steps * cfg.batch_size / elapsed,
                      "terms_mean": {k: v / epoch_steps for k, v in epoch_sums.items()},
+                     "clipped_steps": epoch_clipped if cfg.grad_clip is not None else None,
                      "peak_mem_bytes": mem, "peak_mem_kind": kind}
                 )
                 epoch_sums, epoch_steps, t_epoch = {}, 0, time.perf_counter()
+                epoch_clipped = 0
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
             if epoch_done or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):

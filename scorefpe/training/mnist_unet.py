@@ -76,8 +76,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   checkpoint_every=32, log_every=8),
     # Source: docs/results/mnist_cpu_tradeoff.md, section "Recommended cpu preset" (the DSM
     # baseline's FID against CPU-seconds of training; see the module docstring).
+    # grad_clip 1.0 (the global gradient norm, as in Song et al.'s score_sde configs): without it
+    # the FP penalty's heavy-tailed per-batch value wrecks DSM training at every lambda tried
+    # (mnist_cpu_tradeoff.md, section 5); Table I clips every loss alike so the rows compare.
     "cpu": dict(width=0.25, n_train=None, batch_size=64, epochs=23, ema_decay=0.999,
-                lr=2e-3, lr_fp=2e-3, checkpoint_every=500, log_every=50),
+                lr=2e-3, lr_fp=2e-3, checkpoint_every=500, log_every=50, grad_clip=1.0),
 }
 """Preset -> default settings. ``lr`` / ``lr_fp`` (optional): the Adam step of DSM and the cheap
 penalties / of fp and fpd (default LR_DEFAULT / LR_FP, the 2026 paper's rates)."""
