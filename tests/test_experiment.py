@@ -279,7 +279,8 @@ def test_parse_lams_and_resolution():
     ("--lam", "jac=nan", "finite"), ("--lam", "div=-2", "positive"), ("--lam", "inf", "finite"),
     ("--lam", "fp=x", "number"),
     ("--sub-batch", "fp=0", "fp"), ("--sub-batch", "foo=8", "'foo'"), ("--sub-batch", "fp=x", "'x'"),
-    ("--losses", "foo", "'foo'"), ("--losses", "none,none", "twice"), ("--losses", ",", "unknown")])
+    ("--losses", "foo", "'foo'"), ("--losses", "none,none", "twice"), ("--losses", ",", "unknown"),
+    ("--grad-clip", "-1", "'-1'"), ("--grad-clip", "nan", "'nan'")])
 def test_cli_bad_per_loss_option_exit_2(tmp_path, option, spec, needle):
     from scorefpe.cli.main import main
 
@@ -443,6 +444,39 @@ def test_parse_sub_batches_and_resolution(tmp_path):
     assert "sub-batch" not in write_tables(Table1Config(preset="tiny"), tmp_path / "t")["md"].read_text()
     with pytest.raises(ValueError, match="sub-batch of fp"):
         Table1Config(sub_batches=(("fp", 0),))
+
+
+def test_grad_clip_reaches_every_run_and_the_table_header(tmp_path, monkeypatch):
+    """The cpu preset clips every loss at 1; --grad-clip replaces it for all five (inf: none),
+    and the table's training line says which."""
+    import math
+
+    from click.testing import CliRunner
+
+    from scorefpe.cli.main import main
+
+    clip = {s.run.train.grad_clip for s in plan_runs(Table1Config(preset="cpu"), "x")}
+    assert clip == {1.0}
+    off = Table1Config(preset="cpu", extra_train=(("grad_clip", math.inf),))
+    assert {s.run.train.grad_clip for s in plan_runs(off, "x")} == {None}
+    assert "global gradient norm clipped at 1;" in write_tables(
+        Table1Config(preset="cpu"), tmp_path / "a")["md"].read_text()
+    assert "no gradient clipping;" in write_tables(off, tmp_path / "b")["md"].read_text()
+    seen = []
+
+    def fake_run(cfg, out, **kw):
+        seen.append(cfg)
+        out.mkdir(parents=True)
+        (out / "table1.md").write_text("table")
+        return {"md": out / "table1.md"}
+
+    monkeypatch.setattr("scorefpe.experiments.table1.run_table1",
+                        fake_run)
+    for arg, want in (("2.5", 2.5), ("inf", None)):
+        res = CliRunner().invoke(main, ["experiment", "table1", "--preset", "cpu", "--out",
+                                        str(tmp_path / f"c{arg}"), "--grad-clip", arg])
+        assert res.exit_code == 0, res.output
+        assert {s.run.train.grad_clip for s in plan_runs(seen[-1], "x")} == {want}
 
 
 def test_changed_sub_batch_refuses_the_old_experiment_dir(tmp_path):

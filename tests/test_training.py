@@ -172,6 +172,27 @@ def test_config_and_metrics_files(tmp_path):
     assert epoch["terms_mean"]["dsm"] == pytest.approx(mean_dsm, rel=1e-12)
 
 
+def test_gradient_norm_is_logged_and_clipped_steps_are_counted(tmp_path):
+    """grad_norm is the global norm before clipping; an epoch counts the steps it clipped. A clip
+    far below every norm clips each step, one far above none, and no clip writes None."""
+    def run(clip, d):
+        train_mnist(_tiny_run(epochs=1, penalty="sn", grad_clip=clip), tmp_path / d, images=IMAGES)
+        return _records(tmp_path / d, "step"), _records(tmp_path / d, "epoch")[0]
+
+    free, free_ep = run(None, "free")
+    norms = [r["grad_norm"] for r in free]
+    assert all(math.isfinite(g) and g > 0 for g in norms) and free_ep["clipped_steps"] is None
+    tight, tight_ep = run(min(norms) / 10, "tight")
+    assert tight_ep["clipped_steps"] == 3
+    # The first step's norm is the same with or without clipping (same weights, same batch);
+    # after it the clipped run's weights differ.
+    assert tight[0]["grad_norm"] == pytest.approx(norms[0], rel=1e-6)
+    loose, loose_ep = run(max(norms) * 1e3, "loose")
+    assert loose_ep["clipped_steps"] == 0
+    # Clipping at 1000x every norm never acts: the same trajectory as no clipping.
+    assert [r["grad_norm"] for r in loose] == pytest.approx(norms, rel=1e-6)
+
+
 def test_failed_checkpoint_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "ck.pt"
     save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
@@ -298,6 +319,13 @@ def test_presets_and_bad_settings():
     assert paper.model.width == 1.0 and paper.n_train is None and paper.penalty.t_min == 1e-5
     assert mnist_run("paper", penalty="sn", lam=1e-3).train.lr == 5e-4
     assert mnist_run("smoke", epochs=None).train.epochs == 3  # None keeps the preset's value
+    # The cpu preset clips the gradient norm at 1; inf switches clipping off, None keeps it.
+    assert mnist_run("cpu").train.grad_clip == 1.0 and mnist_run("smoke").train.grad_clip is None
+    assert mnist_run("cpu", grad_clip=math.inf).train.grad_clip is None
+    assert mnist_run("cpu", grad_clip=None).train.grad_clip == 1.0
+    assert mnist_run("smoke", grad_clip=0.5).train.grad_clip == 0.5
+    with pytest.raises(ValueError, match="grad_clip"):
+        mnist_run("smoke", grad_clip=-1.0)
     with pytest.raises(ValueError, match="'tiny'"):
         mnist_run("tiny")
     with pytest.raises(ValueError, match="'foo'"):
@@ -328,6 +356,8 @@ def test_presets_and_bad_settings():
         (["--device", "gpu"], "'gpu'"),
         (["--precision", "fp8"], "'fp8'"),
         (["--sub-batch", "0"], "--sub-batch"),
+        (["--grad-clip", "0"], "--grad-clip"),
+        (["--grad-clip", "nan"], "'nan'"),
     ],
 )
 def test_cli_train_bad_input_exits_2(tmp_path, args, needle):

@@ -121,6 +121,25 @@ UNIT_OPEN = FiniteFloat(min=0, max=1, min_open=True, max_open=True)
 """A float in the open interval (0, 1) (times t_min, fractions)."""
 
 
+class GradClip(click.ParamType):
+    """A gradient-norm clip: a finite number > 0, or "inf" (no clipping: the norm is never
+    above infinity). NaN, 0 and negative values are refused."""
+
+    name = "clip norm"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not (rv > 0):  # also NaN
+            self.fail(f"{value!r} is not > 0 (use inf for no clipping)", param, ctx)
+        return math.inf if math.isinf(rv) else rv
+
+
+GRAD_CLIP = GradClip()
+"""A gradient-norm clip > 0, or inf for none."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Output paths: checked when the option is parsed, before any data is loaded or computed.
 def _first_existing_ancestor_problem(path: Path) -> str | None:

@@ -10,7 +10,15 @@ from typing import Callable
 
 import click
 
-from scorefpe.cli._options import POS_FLOAT, old_spelling, output_dir, parse_floats, positive_int, threads_option
+from scorefpe.cli._options import (
+    GRAD_CLIP,
+    POS_FLOAT,
+    old_spelling,
+    output_dir,
+    parse_floats,
+    positive_int,
+    threads_option,
+)
 
 
 def _run_experiment(run: Callable[..., dict[str, Path]], tag: str, diverged: str,
@@ -113,6 +121,9 @@ def experiment() -> None:
               help="Train and evaluate only these losses in this call (comma-separated, e.g. "
                    "none,fp; default: all five). Calls with disjoint --losses on the same --out "
                    "can run at the same time (one per core); the tables list every loss.")
+@click.option("--grad-clip", type=GRAD_CLIP, default=None,
+              help="Clip the global gradient norm at this value for every loss; inf: no "
+                   "clipping (default: the training preset's: cpu 1, smoke and paper none).")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
 @click.option("--sampler-steps", "steps", type=int, default=None, callback=positive_int,
@@ -124,7 +135,8 @@ def experiment() -> None:
 def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width: float | None,
            n_train: int | None, lam_spec: tuple[float | None, tuple[tuple[str, float], ...]],
            sub_batches: tuple[tuple[str, int | None], ...] | None, only: tuple[str, ...] | None,
-           n_samples: int | None, steps: int | None, data_dir: Path | None) -> None:
+           grad_clip: float | None, n_samples: int | None, steps: int | None,
+           data_dir: Path | None) -> None:
     """Train (or reuse) none/fp/sn/jac/div x seeds, evaluate each, and write Table I.
 
     Writes OUT/table1.md, OUT/table1.csv (mean ± std over seeds of FID, density, coverage,
@@ -140,7 +152,8 @@ def table1(out: Path, preset: str, seeds: int | None, epochs: int | None, width:
     try:
         cfg = Table1Config(preset=preset, seeds=seeds, epochs=epochs, lam=lam, lams=lams,
                            width=width, n_train=n_train, n_samples=n_samples, steps=steps,
-                           sub_batches=sub_batches, only=only)
+                           sub_batches=sub_batches, only=only,
+                           extra_train=(() if grad_clip is None else (("grad_clip", grad_clip),)))
         check_experiment_dir(out)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

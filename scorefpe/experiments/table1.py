@@ -688,7 +688,8 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
         f"# Table I ({cfg.preset} preset): mean ± std over seeds", "",
         f"Training (resolved settings): preset `{cfg.spec.train_preset}`, "
         f"epochs {run0.train.epochs}, batch {run0.train.batch_size}, width {run0.model.width}, "
-        f"n_train {run0.n_train or 60000}, lr {run0.train.lr}, EMA {run0.train.ema_decay}; "
+        f"n_train {run0.n_train or 60000}, lr {run0.train.lr}, EMA {run0.train.ema_decay}, "
+        f"{_clip_text(run0.train.grad_clip)}; "
         f"lambda per loss in the lambda column.{sub_txt}{src}",
         f"Evaluation: {s.n} samples by `{s.sampler}` ({s.steps} steps), "
         f"{'all' if cfg.spec.n_reference is None else cfg.spec.n_reference} test images as "
@@ -714,6 +715,10 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     m = round(seconds / 60)
     return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def _clip_text(clip: float | None) -> str:
+    return "no gradient clipping" if clip is None else f"global gradient norm clipped at {clip:g}"
 
 
 def run_table1(

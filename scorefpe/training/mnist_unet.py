@@ -22,6 +22,7 @@ table compares penalties, not rates (the paper preset keeps the paper's 1e-3 / 5
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ def mnist_run(
     overrides: any TrainConfig field (lr, batch_size, epochs, max_steps, seed, device, precision,
     checkpoint_every, log_every, grad_clip, ema_decay), ``width``, ``n_train``, and the
     PenaltyConfig fields (t_min, probe, sub_batch, alpha, beta, omega, m). A None value means
-    "keep the preset's".
+    "keep the preset's"; grad_clip = math.inf means no clipping (clipping the gradient norm at
+    infinity leaves every gradient as it is), so a preset's clipping can be switched off.
 
     Raises:
         ValueError: unknown preset, SDE, penalty, override name, or an invalid value.
@@ -117,7 +119,9 @@ def mnist_run(
     for k, v in overrides.items():
         if v is None:
             continue
-        if k in train_fields or k in ("width", "n_train"):
+        if k == "grad_clip" and isinstance(v, float) and v == math.inf:
+            base[k] = None
+        elif k in train_fields or k in ("width", "n_train"):
             base[k] = v
         elif k in pen_fields:
             pen_kw[k] = v
