@@ -57,6 +57,9 @@ def test_aggregate_mean_std_known_numbers():
     md = table_markdown(agg, 3)
     assert "| none | 3/3 | 20 ± 10 | 0.7 ± 0.2 |" in md
     assert "| fp | 1/3 | 4 |" in md
+    # time per epoch against the baseline's mean: fp 8 s, none 3 s
+    assert md.splitlines()[2].endswith("| 1x |") and md.splitlines()[3].endswith("| 2.67x |")
+    assert table_markdown({"fp": agg["fp"]}, 3).splitlines()[2].endswith("| n/a |")
     rows_csv = list(csv.DictReader(io.StringIO(table_csv(agg))))
     assert [r["loss"] for r in rows_csv] == ["none", "fp"]
     assert float(rows_csv[0]["fid_std"]) == pytest.approx(10.0)

@@ -536,16 +536,21 @@ def _fmt_lam(v: float) -> str:
 
 def table_markdown(agg: dict[str, dict[str, Any]], n_seeds: int,
                    lams: dict[str, float] | None = None) -> str:
-    """Table I as a markdown table: one row per loss, mean ± std over seeds; with ``lams``
-    (loss -> lambda) a lambda column after the loss."""
+    """Table I as a markdown table: one row per loss, mean ± std over seeds, and the ratio of
+    its mean time per epoch to the baseline's ("x none"; n/a without a baseline time); with
+    ``lams`` (loss -> lambda) a lambda column after the loss."""
     lam_head = "lambda | " if lams is not None else ""
-    head = f"| loss | {lam_head}seeds | " + " | ".join(h for _, h in METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 2 + (lams is not None))]
+    head = (f"| loss | {lam_head}seeds | " + " | ".join(h for _, h in METRICS)
+            + f" | time vs {BASELINE} |")
+    lines = [head, "|" + "---|" * (len(METRICS) + 3 + (lams is not None))]
+    base_t = agg.get(BASELINE, {}).get("time_per_epoch_s", {}).get("mean")
     for loss, row in agg.items():
         n = max((row[k]["n"] for k, _ in METRICS), default=0)
         lam = f"{_fmt_lam(lams[loss])} | " if lams is not None else ""
+        t = row["time_per_epoch_s"]["mean"]
+        ratio = "n/a" if t is None or not base_t else f"{t / base_t:.3g}x"
         lines.append(f"| {loss} | {lam}{n}/{n_seeds} | "
-                     + " | ".join(_cell(row[k]) for k, _ in METRICS) + " |")
+                     + " | ".join(_cell(row[k]) for k, _ in METRICS) + f" | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
