@@ -9,6 +9,7 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -25,6 +26,7 @@ from scorefpe.experiments.table1 import (
     run_table1,
     table_csv,
     table_markdown,
+    _train_record,
     write_tables,
 )
 
@@ -66,6 +68,49 @@ def test_aggregate_mean_std_known_numbers():
     assert rows_csv[1]["fid_std"] == ""
 
 
+def _finished(spec, rec):
+    """A run directory as train_one and evaluate_run leave it: the training marker of the
+    planned settings and an eval.json."""
+    (spec.run_dir / TRAIN_MARKER).write_text(json.dumps({"settings": _train_record(spec)}))
+    (spec.run_dir / "eval.json").write_text(json.dumps(rec))
+
+
+def test_tables_leave_out_runs_trained_under_other_settings(tmp_path):
+    """A run whose training marker names other settings (here: no gradient clipping, the cpu
+    preset before it clipped) does not enter the table, whose header names the clipping."""
+    dc = dataclasses
+    cfg = Table1Config(preset="cpu", seeds=2, losses=("none",))
+    s0, s1 = plan_runs(cfg, tmp_path)
+    for s in (s0, s1):
+        s.run_dir.mkdir()
+    _finished(s0, _eval_rec(10.0, 0.5, 0.1, 2.0, 7.0, 1.0))
+    old = dc.replace(s1, run=dc.replace(s1.run, train=dc.replace(s1.run.train, grad_clip=None)))
+    _finished(old, _eval_rec(99.0, 0.5, 0.1, 2.0, 7.0, 1.0))
+    row = next(csv.DictReader(io.StringIO(write_tables(cfg, tmp_path)["csv"].read_text())))
+    assert row["fid_n"] == "1" and float(row["fid_mean"]) == 10.0
+
+
+def test_sample_figure_shows_seed_0_of_each_loss(tmp_path):
+    """table1_samples.png: one panel per loss with seed-0 samples, linked from table1.md; none
+    written (and no link) while no run has samples."""
+    from PIL import Image
+
+    cfg = Table1Config(preset="tiny", seeds=2, losses=("none", "sn"))
+    assert "table1_samples.png" not in write_tables(cfg, tmp_path)["md"].read_text()
+    assert not (tmp_path / "table1_samples.png").exists()
+    for s in plan_runs(cfg, tmp_path):
+        s.run_dir.mkdir(exist_ok=True)
+        _finished(s, _eval_rec(10.0, 0.5, 0.1, 2.0, 7.0, 1.0))
+        if s.seed == 0:
+            np.save(s.run_dir / "samples.npy", np.full((40, 1, 28, 28), 0.5, np.float32))
+    paths = write_tables(cfg, tmp_path)
+    assert "](table1_samples.png)" in paths["md"].read_text()
+    w1, _ = Image.open(paths["samples"]).size
+    (tmp_path / "sn-s0" / "samples.npy").unlink()
+    w2, _ = Image.open(write_tables(cfg, tmp_path)["samples"]).size
+    assert w2 < w1  # one panel fewer
+
+
 def test_write_tables_reads_every_planned_run(tmp_path):
     cfg = Table1Config(preset="tiny", seeds=2)
     specs = plan_runs(cfg, tmp_path)
@@ -75,7 +120,7 @@ def test_write_tables_reads_every_planned_run(tmp_path):
     for i, s in enumerate(specs):
         s.run_dir.mkdir()
         fid = 100.0 * (1 + LOSSES.index(s.loss)) + 2.0 * s.seed  # seeds differ by 2
-        (s.run_dir / "eval.json").write_text(json.dumps(_eval_rec(fid, 0.5, 0.1, 2.0, 7.0, 1.0)))
+        _finished(s, _eval_rec(fid, 0.5, 0.1, 2.0, 7.0, 1.0))
     paths = write_tables(cfg, tmp_path)
     rows = {r["loss"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
     for j, loss in enumerate(LOSSES):
@@ -323,7 +368,7 @@ def test_significance_columns_on_a_constructed_experiment(tmp_path):
     for s in plan_runs(cfg, tmp_path):
         s.run_dir.mkdir()
         fid = base[s.seed] + shift[s.loss][s.seed]
-        (s.run_dir / "eval.json").write_text(json.dumps(_eval_rec(fid, 0.5, 0.1, 2.0, None, 1.0)))
+        _finished(s, _eval_rec(fid, 0.5, 0.1, 2.0, None, 1.0))
     paths = write_tables(cfg, tmp_path)
     rows = {r["loss"]: r for r in csv.DictReader(io.StringIO(paths["csv"].read_text()))}
     t = 2.0 * math.sqrt(3.0)

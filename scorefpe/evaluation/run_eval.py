@@ -140,6 +140,19 @@ def sample_run(
     return res.samples.float(), info
 
 
+def sample_grid(samples: Tensor | np.ndarray, nrow: int = 10) -> np.ndarray:
+    """The first nrow^2 samples (N, 1, 28, 28), clamped to [0, 1], tiled nrow to a row with a
+    1-pixel white border: a (rows * 30, nrow * 30) float32 image."""
+    x = np.clip(np.asarray(samples[: nrow * nrow], dtype=np.float32), 0, 1).reshape(-1, 28, 28)
+    k = x.shape[0]
+    rows = math.ceil(k / nrow)
+    grid = np.ones((rows * 30, nrow * 30), dtype=np.float32)
+    for i in range(k):
+        r, c = divmod(i, nrow)
+        grid[r * 30 + 1: r * 30 + 29, c * 30 + 1: c * 30 + 29] = x[i]
+    return grid
+
+
 def save_sample_grid(samples: Tensor, path: str | Path, *, nrow: int = 10) -> Path:
     """Write the first nrow^2 samples, clamped to [0, 1], as one grayscale PNG grid (atomically)."""
     import matplotlib
@@ -147,13 +160,7 @@ def save_sample_grid(samples: Tensor, path: str | Path, *, nrow: int = 10) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = samples[: nrow * nrow].detach().float().clamp(0, 1).reshape(-1, 28, 28).numpy()
-    k = x.shape[0]
-    rows = math.ceil(k / nrow)
-    grid = np.ones((rows * 30, nrow * 30), dtype=np.float32)
-    for i in range(k):
-        r, c = divmod(i, nrow)
-        grid[r * 30 + 1: r * 30 + 29, c * 30 + 1: c * 30 + 29] = x[i]
+    grid = sample_grid(samples.detach().float().cpu().numpy(), nrow)
     path = Path(path)
     with atomic_output(path) as tmp:
         plt.imsave(tmp, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from scorefpe._util import atomic_write_text
+from scorefpe._util import atomic_output, atomic_write_text
 from scorefpe.evaluation.run_eval import EVAL_JSON, EvalConfig, SampleConfig
 
 Tensor = torch.Tensor
@@ -48,6 +48,8 @@ EXPERIMENT_JSON = "experiment.json"
 TRAIN_MARKER = "table1_train.json"
 TABLE_MD = "table1.md"
 TABLE_CSV = "table1.csv"
+SAMPLES_PNG = "table1_samples.png"
+SAMPLE_SEED = 0  # the seed whose samples table1_samples.png shows for every loss
 LAM_DEFAULT = 1e-3  # the training CLI's default; the 2026 paper states no lambda
 # Metrics compared against the baseline by the paired tests (time per epoch is a cost, not an
 # outcome of the seed's draws).
@@ -657,11 +659,14 @@ def table_csv(agg: dict[str, dict[str, Any]], lams: dict[str, float] | None = No
 
 def collect_values(cfg: Table1Config,
                    out: str | Path) -> dict[str, dict[int, dict[str, float | None]]]:
-    """loss -> seed -> `eval_metrics` of every planned run under ``out`` that has an eval.json."""
+    """loss -> seed -> `eval_metrics` of every planned run under ``out`` that has an eval.json
+    and was trained with the experiment's settings (its table1_train.json matches the planned
+    run): a run trained under other settings, e.g. before a preset changed, is left out rather
+    than reported under the settings the table's header names."""
     values: dict[str, dict[int, dict[str, float | None]]] = {loss: {} for loss in cfg.losses}
     for sp in plan_runs(cfg, out):
         p = sp.run_dir / EVAL_JSON
-        if p.is_file():
+        if p.is_file() and _training_done(sp):
             values[sp.loss][sp.seed] = eval_metrics(json.loads(p.read_text()))
     return values
 
@@ -709,9 +714,53 @@ def write_tables(cfg: Table1Config, out: str | Path) -> dict[str, Path]:
                SIGNIFICANCE_HEADER.format(base=BASELINE), "",
                significance_markdown(sig, lams)]
     paths = {"md": out / TABLE_MD, "csv": out / TABLE_CSV}
+    fig = write_sample_figure(cfg, out, per_seed)
+    if fig is not None:
+        paths["samples"] = fig
+        md += ["", f"![the first 36 samples of each loss's seed {SAMPLE_SEED}]({fig.name})", ""]
     atomic_write_text(paths["md"], "\n".join(md))
     atomic_write_text(paths["csv"], table_csv(agg, lams, sig if sig else None))
     return paths
+
+
+def write_sample_figure(cfg: Table1Config, out: str | Path,
+                        per_seed: dict[str, dict[int, dict[str, float | None]]] | None = None,
+                        *, nrow: int = 6) -> Path | None:
+    """OUT/table1_samples.png: the first nrow^2 samples of seed SAMPLE_SEED of every loss that
+    has them, one panel per loss titled with its lambda and FID. Seed 0 for every loss rather
+    than each loss's best, so the panels are draws of the same kind. None (nothing written)
+    when no such run has samples.npy. Cost: reads nrow^2 samples per loss (memory-mapped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scorefpe.evaluation.run_eval import sample_grid
+
+    out = Path(out)
+    per_seed = collect_values(cfg, out) if per_seed is None else per_seed
+    panels = []
+    for sp in plan_runs(cfg, out):
+        path = sp.run_dir / "samples.npy"
+        if sp.seed != SAMPLE_SEED or not path.is_file():
+            continue
+        fid = per_seed.get(sp.loss, {}).get(sp.seed, {}).get("fid")
+        title = (f"{sp.loss} (lambda {_fmt_lam(cfg.lam_of(sp.loss))})\n"
+                 + ("FID n/a" if fid is None else f"FID {fid:.4g}"))
+        panels.append((title, sample_grid(np.load(path, mmap_mode="r"), nrow)))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8), squeeze=False)
+    for ax, (title, grid) in zip(axes[0], panels):
+        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    target = out / SAMPLES_PNG
+    with atomic_output(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return target
 
 
 def _duration(seconds: float) -> str:
