@@ -495,7 +495,7 @@ def test_parse_sub_batches_and_resolution(tmp_path):
 
 
 def test_grad_clip_reaches_every_run_and_the_table_header(tmp_path, monkeypatch):
-    """The cpu preset clips every loss at 1; --grad-clip replaces it for all five (inf: none),
+    """The cpu preset clips every loss at 1000; --grad-clip replaces it for all five (inf: none),
     and the table's training line says which."""
     import math
 
@@ -504,10 +504,10 @@ def test_grad_clip_reaches_every_run_and_the_table_header(tmp_path, monkeypatch)
     from scorefpe.cli.main import main
 
     clip = {s.run.train.grad_clip for s in plan_runs(Table1Config(preset="cpu"), "x")}
-    assert clip == {1.0}
+    assert clip == {1000.0}
     off = Table1Config(preset="cpu", extra_train=(("grad_clip", math.inf),))
     assert {s.run.train.grad_clip for s in plan_runs(off, "x")} == {None}
-    assert "global gradient norm clipped at 1;" in write_tables(
+    assert "global gradient norm clipped at 1000;" in write_tables(
         Table1Config(preset="cpu"), tmp_path / "a")["md"].read_text()
     assert "no gradient clipping;" in write_tables(off, tmp_path / "b")["md"].read_text()
     seen = []

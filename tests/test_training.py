@@ -319,10 +319,11 @@ def test_presets_and_bad_settings():
     assert paper.model.width == 1.0 and paper.n_train is None and paper.penalty.t_min == 1e-5
     assert mnist_run("paper", penalty="sn", lam=1e-3).train.lr == 5e-4
     assert mnist_run("smoke", epochs=None).train.epochs == 3  # None keeps the preset's value
-    # The cpu preset clips the gradient norm at 1; inf switches clipping off, None keeps it.
-    assert mnist_run("cpu").train.grad_clip == 1.0 and mnist_run("smoke").train.grad_clip is None
+    # The cpu preset clips the gradient norm at 1000; inf switches clipping off, None keeps it.
+    assert mnist_run("cpu").train.grad_clip == 1000.0
+    assert mnist_run("smoke").train.grad_clip is None
     assert mnist_run("cpu", grad_clip=math.inf).train.grad_clip is None
-    assert mnist_run("cpu", grad_clip=None).train.grad_clip == 1.0
+    assert mnist_run("cpu", grad_clip=None).train.grad_clip == 1000.0
     assert mnist_run("smoke", grad_clip=0.5).train.grad_clip == 0.5
     with pytest.raises(ValueError, match="grad_clip"):
         mnist_run("smoke", grad_clip=-1.0)

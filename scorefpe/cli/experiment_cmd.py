@@ -123,7 +123,7 @@ def experiment() -> None:
                    "can run at the same time (one per core); the tables list every loss.")
 @click.option("--grad-clip", type=GRAD_CLIP, default=None,
               help="Clip the global gradient norm at this value for every loss; inf: no "
-                   "clipping (default: the training preset's: cpu 1, smoke and paper none).")
+                   "clipping (default: the training preset's: cpu 1000, smoke and paper none).")
 @click.option("--n-samples", type=int, default=None, callback=positive_int,
               help="Samples per run for the metrics (default: the preset's).")
 @click.option("--sampler-steps", "steps", type=int, default=None, callback=positive_int,

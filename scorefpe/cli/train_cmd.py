@@ -44,7 +44,7 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--preset", type=click.Choice(["smoke", "cpu", "paper"]), default="smoke",
               show_default=True,
               help="smoke: 4,096 digits, width 0.25, 3 epochs (tests); cpu: 60,000 digits, "
-                   "width 0.25, 23 epochs, lr 2e-3, gradient norm clipped at 1: 15 min on 2 CPU "
+                   "width 0.25, 23 epochs, lr 2e-3, gradient norm clipped at 1000: 15 min on 2 CPU "
                    "cores "
                    "(docs/results/mnist_cpu_tradeoff.md); paper: 60,000 digits, width 1, "
                    "200 epochs (GPU).")
@@ -68,7 +68,7 @@ def _nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> 
 @click.option("--ema-decay", type=FiniteFloat(min=0, max=1, max_open=True), default=None)
 @click.option("--grad-clip", type=GRAD_CLIP, default=None,
               help="Clip the global gradient norm at this value; inf: no clipping (default: "
-                   "the preset's: cpu 1, smoke and paper none).")
+                   "the preset's: cpu 1000, smoke and paper none).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
               help="Also checkpoint every N steps (0: at epoch ends only).")
 @click.option("--t-min", type=UNIT_OPEN, default=None, help="Smallest diffusion time (default 1e-5).")
