@@ -110,9 +110,8 @@ def experiment() -> None:
 @click.option("--lam", "lam_spec", type=str, default=None, callback=_lams,
               help="Penalty weight lambda: one number for fp/sn/jac/div, or name=value pairs "
                    "(e.g. fp=1e-6,sn=1e-2; unnamed penalties keep the preset's). Default: the "
-                   "preset's (smoke, tiny: 1e-3 each; cpu, paper: fp 1e-8 (not settled), sn "
-                   "1e-2, jac 1e-4, div 1e-7, from the lambda scan of "
-                   "docs/results/mnist_cpu_tradeoff.md).")
+                   "preset's (smoke, tiny: 1e-3 each; cpu, paper: fp 1e-8, sn 1e-2, jac 1e-4, "
+                   "div 1e-7, from the lambda scans of docs/results/mnist_cpu_tradeoff.md).")
 @click.option("--sub-batch", "sub_batches", type=str, default=None, callback=_sub_batches,
               help="Estimate a penalty on the first k samples of each batch (unbiased, variance "
                    "x batch/k, cost about /(batch/k)): name=k pairs, e.g. fp=8; fp=all for the "

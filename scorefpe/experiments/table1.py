@@ -108,10 +108,11 @@ class ExperimentPreset:
     sub_batches: tuple[tuple[str, int | None], ...] = ()
 
 
-# Each penalty's weight at the cpu scale: sn, jac, div the best FID of the one-seed lambda scan
-# (docs/results/mnist_cpu_tradeoff.md, section 5: three levels a decade apart each). fp is NOT
-# settled: every lambda from 1e-8 to 1e-6 wrecked training without gradient clipping (FID
-# 910-1051); 1e-8 is the lowest tried, and trains only with the gradient norm clipped.
+# Each penalty's weight at the cpu scale: the best FID of the one-seed lambda scan
+# (docs/results/mnist_cpu_tradeoff.md: sn, jac, div in section 5, three levels a decade apart
+# each; fp in section 6: without gradient clipping every lambda from 1e-8 to 1e-6 wrecked
+# training, with the cpu preset's clip at 1000 1e-8 trains (FID at the baseline's) and 1e-7 is
+# worse (FID 324).
 CPU_LAMS: tuple[tuple[str, float], ...] = (("fp", 1e-8), ("sn", 1e-2), ("jac", 1e-4),
                                            ("div", 1e-7))
 
@@ -139,7 +140,7 @@ EXPERIMENT_PRESETS: dict[str, ExperimentPreset] = {
     # Issue 14: the `cpu` training preset (all 60,000 digits, width 0.25, 23 epochs: 15 minutes
     # of training on 2 CPU cores), 3 seeds, 10,000 samples against the 10,000 test digits by the
     # reverse-diffusion predictor without corrector at 100 steps (100 NFE; 5x the NFE bought 4 %
-    # in FID: docs/results/mnist_cpu_tradeoff.md). Lambdas: CPU_LAMS (fp not settled).
+    # in FID: docs/results/mnist_cpu_tradeoff.md). Lambdas: CPU_LAMS.
     "cpu": ExperimentPreset(
         train_preset="cpu",
         train_overrides=(),
@@ -148,9 +149,8 @@ EXPERIMENT_PRESETS: dict[str, ExperimentPreset] = {
                         nll_n=16, diag_points=32, diag_n_t=9),
         n_reference=None,
         lams=CPU_LAMS,
-        source="docs/results/mnist_cpu_tradeoff.md (training and sampler; the lambdas of sn, "
-               "jac, div from its one-seed lambda scan; fp's is NOT settled: without gradient "
-               "clipping every lambda tried, 1e-8 to 1e-6, wrecked training)",
+        source="docs/results/mnist_cpu_tradeoff.md (training and sampler; the lambdas from "
+               "its one-seed lambda scans, sections 5 and 6; the clip at 1000 from section 6)",
         # The full-batch FP penalty costs 7.7x a DSM step on this CPU, 2.1x on 8 of the 64
         # samples (docs/results/bench_penalties_cpu.md): 3 seeds of Table I fit the machine
         # only with the sub-batch, whose variance price the page reports.
