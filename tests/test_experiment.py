@@ -90,6 +90,20 @@ def test_tables_leave_out_runs_trained_under_other_settings(tmp_path):
     assert row["fid_n"] == "1" and float(row["fid_mean"]) == 10.0
 
 
+def test_time_column_is_the_median_epoch_of_the_training_log(tmp_path):
+    """The time column comes from metrics.jsonl (median over complete epochs: one epoch slowed
+    by other work does not move it), not from eval.json's mean."""
+    cfg = Table1Config(preset="tiny", seeds=1, losses=("none",))
+    (s,) = plan_runs(cfg, tmp_path)
+    s.run_dir.mkdir()
+    _finished(s, _eval_rec(10.0, 0.5, 0.1, 2.0, 7.0, 99.0))
+    (s.run_dir / "metrics.jsonl").write_text("".join(
+        json.dumps({"kind": "epoch", "complete": True, "time_s": t, "images_per_s": 1.0}) + "\n"
+        for t in (2.0, 4.0, 100.0)))
+    row = next(csv.DictReader(io.StringIO(write_tables(cfg, tmp_path)["csv"].read_text())))
+    assert float(row["time_per_epoch_s_mean"]) == 4.0
+
+
 def test_sample_figure_shows_seed_0_of_each_loss(tmp_path):
     """table1_samples.png: one panel per loss with seed-0 samples, linked from table1.md; none
     written (and no link) while no run has samples."""

@@ -105,17 +105,20 @@ def test_time_per_epoch_reads_complete_epochs(tmp_path):
         {"kind": "step", "step": 1, "loss": 1.0},
         {"kind": "epoch", "step": 2, "complete": True, "time_s": 2.0, "images_per_s": 10.0},
         {"kind": "epoch", "step": 4, "complete": True, "time_s": 4.0, "images_per_s": 20.0},
-        {"kind": "epoch", "step": 5, "complete": False, "time_s": 100.0, "images_per_s": 1.0},
+        {"kind": "epoch", "step": 6, "complete": True, "time_s": 12.0, "images_per_s": 30.0},
+        {"kind": "epoch", "step": 7, "complete": False, "time_s": 100.0, "images_per_s": 1.0},
     ]
     text = "".join(json.dumps(r) + "\n" for r in recs) + '{"kind": "epo'  # a line cut by a crash
     (tmp_path / "metrics.jsonl").write_text(text)
     tpe = re_.time_per_epoch(tmp_path)
-    assert tpe["n_epochs"] == 2
-    assert tpe["mean_s"] == pytest.approx(3.0)
-    assert tpe["std_s"] == pytest.approx(math.sqrt(2.0))
-    assert tpe["images_per_s"] == pytest.approx(15.0)
+    assert tpe["n_epochs"] == 3
+    assert tpe["mean_s"] == pytest.approx(6.0)
+    assert tpe["median_s"] == pytest.approx(4.0)  # the slowed third epoch moves only the mean
+    assert tpe["std_s"] == pytest.approx(math.sqrt(28.0))
+    assert tpe["images_per_s"] == pytest.approx(20.0)
     (tmp_path / "metrics.jsonl").write_text(json.dumps(recs[0]) + "\n")
     assert re_.time_per_epoch(tmp_path)["mean_s"] is None
+    assert re_.time_per_epoch(tmp_path)["median_s"] is None
 
 
 # ---------------------------------------------------------------- sampling

@@ -206,9 +206,11 @@ def load_or_sample(
 
 
 def time_per_epoch(run_dir: str | Path) -> dict[str, Any]:
-    """Mean and spread of the seconds per complete epoch recorded in the run's metrics.jsonl.
+    """Mean, median and spread of the seconds per complete epoch recorded in the run's
+    metrics.jsonl (the median is robust to a few epochs slowed by other work on the machine).
 
-    Returns {"mean_s", "std_s", "n_epochs", "images_per_s"}; mean_s is None when no complete
+    Returns {"mean_s", "median_s", "std_s", "n_epochs", "images_per_s"}; mean_s and median_s
+    are None when no complete
     epoch was recorded (e.g. a run stopped by max_steps inside its first epoch). Lines cut by a
     crash are skipped.
     """
@@ -226,10 +228,12 @@ def time_per_epoch(run_dir: str | Path) -> dict[str, Any]:
                     raise ValueError(f"{path}: epoch record without a numeric time_s: "
                                      f"{rec}") from None
     if not times:
-        return {"mean_s": None, "std_s": None, "n_epochs": 0, "images_per_s": None}
+        return {"mean_s": None, "median_s": None, "std_s": None, "n_epochs": 0,
+                "images_per_s": None}
     t = np.asarray(times)
     return {
         "mean_s": float(t.mean()),
+        "median_s": float(np.median(t)),
         "std_s": float(t.std(ddof=1)) if len(t) > 1 else 0.0,
         "n_epochs": len(t),
         "images_per_s": float(np.mean(ips)),
