@@ -33,6 +33,7 @@ def main() -> None:
 def _register() -> None:
     from scorefpe.cli.bench_cmd import bench
     from scorefpe.cli.cauchy_cmd import cauchy
+    from scorefpe.cli.cauchy_report_cmd import cauchy_report
     from scorefpe.cli.check_cmd import check
     from scorefpe.cli.data_cmd import data
     from scorefpe.cli.derive_cmd import derive
@@ -40,7 +41,7 @@ def _register() -> None:
     from scorefpe.cli.maps_cmd import maps
     from scorefpe.cli.train_cmd import train
 
-    for command in (check, data, derive, train, bench, lenet, cauchy, maps):
+    for command in (check, data, derive, train, bench, lenet, cauchy, cauchy_report, maps):
         main.add_command(command)
     # likelihood, curl, benchmark, and `train synthetic` inside the train group.
     from scorefpe.cli import synthetic_cmd as synthetic

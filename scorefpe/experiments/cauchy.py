@@ -54,6 +54,7 @@ __all__ = [
     "TrainRun",
     "baseline_config",
     "build_model",
+    "load_run_model",
     "plot_density",
     "plot_samples",
     "plot_score_error",
@@ -234,6 +235,33 @@ def train_run(
     return TrainRun(model=model, train_seconds=elapsed0 + seconds_this, steps=state.step,
                     steps_per_s=(steps_this / seconds_this) if steps_this else None,
                     final=state.history[-1] if state.history else {})
+
+
+def load_run_model(model_dir: str | Path) -> tuple[PreconditionedScore, CauchyConfig]:
+    """The model that `run_cauchy` evaluated from ``model_dir`` (a run's ``pinn`` or ``dsm``
+    folder), in eval mode, and its configuration: `build_model` of the checkpoint's config with
+    the EMA weights when cfg.ema > 0 (those are what `train_run` returns), else the raw ones.
+    A config saved before an option existed gets the value that reproduces it (`_BEFORE_OPTION`).
+
+    Cost: `build_model` (n_scale samples and one exact-score evaluation) and one torch.load.
+
+    Raises:
+        FileNotFoundError: no checkpoint.pt in model_dir.
+        ValueError: the checkpoint cannot be read, its config is not a `CauchyConfig`, or its
+            weights do not fit the model the config builds.
+    """
+    from scorefpe.data.synthetic import get_dataset
+    from scorefpe.sde import make_sde
+
+    saved = load_checkpoint(Path(model_dir) / "checkpoint.pt")
+    try:
+        cfg = CauchyConfig(**{**_BEFORE_OPTION, **saved["config"]})
+        key = "ema" if cfg.ema > 0 else "model"
+        model = build_model(cfg, get_dataset(cfg.dataset), make_sde(cfg.sde))
+        model.load_state_dict(saved[key])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{model_dir}: checkpoint does not hold a cauchy model ({type(err).__name__}: {err})") from None
+    return model.eval(), cfg
 
 
 @dataclass(frozen=True)
