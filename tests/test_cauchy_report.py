@@ -28,6 +28,7 @@ from scorefpe.experiments.cauchy_report import (
     collect_overlay,
     density_line,
     line_log_density,
+    mass_below,
     plot_seed_overlay,
     read_cauchy_run,
     seed_overlay,
@@ -90,6 +91,10 @@ def test_csv_rows_equal_the_results_json_numbers(runs, tmp_path):
             assert float(row[f"dev_{sampler}"]) == pytest.approx(max(abs(w[0] - 0.2), abs(w[1] - 0.8)), abs=1e-15)
         assert [float(row["w_true_0"]), float(row["w_true_1"])] == pytest.approx([0.2, 0.8], abs=1e-15)
         assert row["dataset"] == "gmm2d" and row["sde"] == "ve" and int(row["steps"]) == 4
+        # the true slice's first-mode mass is the data weight 0.2 while the modes are apart
+        for t in ("0.001", "0.5"):
+            assert float(row[f"slice_w1_true_t{t}"]) == pytest.approx(0.2, abs=2e-3)
+            assert 0.0 <= float(row[f"slice_w1_t{t}"]) <= 1.0
 
 
 def test_the_figure_has_one_line_per_run_in_every_panel(runs):
@@ -197,8 +202,8 @@ def test_gmm2d_slice_is_the_two_mode_mixture_with_the_data_weights():
 
     expect = 0.2 * normal(-m) + 0.8 * normal(m)
     assert torch.allclose(p, expect / torch.trapezoid(expect, s), atol=1e-6)
-    left = s < 0
-    assert float(torch.trapezoid(p[left], s[left])) == pytest.approx(0.2, abs=1e-3)
+    assert dl.split == pytest.approx(0.0, abs=1e-12)
+    assert mass_below(s, p, dl.split) == pytest.approx(0.2, abs=1e-3)
 
 
 def test_line_density_sees_a_wrong_score():
@@ -211,8 +216,7 @@ def test_line_density_sees_a_wrong_score():
     t = 0.3
     dl = density_line(ds, sde, t)
     s, p = line_log_density(wrong.score_fn(sde), dl, t, 2001, dtype=torch.float64)
-    left = s < 0
-    assert float(torch.trapezoid(p[left], s[left])) == pytest.approx(0.8, abs=1e-3)
+    assert mass_below(s, p, dl.split) == pytest.approx(0.8, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

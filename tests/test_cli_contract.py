@@ -267,6 +267,13 @@ CASES = [
     ("cauchy-out-under-file", "cauchy --out {F}/run", "plain.txt", None),
     ("cauchy-out-mnist-run", "cauchy --out {R}", "train mnist", None),
     ("cauchy-resume-corrupt", "cauchy --resume --no-baseline --hidden 8 --depth 1 --out {C}", "checkpoint", None),
+    # cauchy-report
+    ("cauchy-report-not-a-run", "cauchy-report {X} --out {N}", "other", None),
+    ("cauchy-report-unfinished", "cauchy-report {C} --out {N}", "cauchy_run", None),
+    ("cauchy-report-missing", "cauchy-report {N} --out {D}", "new", None),
+    ("cauchy-report-out-file", "cauchy-report {C} --out {F}", "plain.txt", None),
+    ("cauchy-report-model-unknown", "cauchy-report {C} --model ema --out {N}", "ema", None),
+    ("cauchy-report-times-nan", "cauchy-report {C} --times 0.5,nan --out {N}", "nan", None),
     # experiments
     ("table1-preset-unknown", "experiment table1 --preset huge --out {N}", "huge", None),
     ("table1-seeds-zero", "experiment table1 --seeds 0 --out {N}", "--seeds", None),

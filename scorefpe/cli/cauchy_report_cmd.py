@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from scorefpe.cli._options import output_dir, parse_floats
+from scorefpe.cli._options import output_dir, parse_floats, threads_option
 
 FIGURE_NAME = "seed_overlay.png"  # the CSV is seed_overlay.csv beside it
 
@@ -23,6 +23,7 @@ FIGURE_NAME = "seed_overlay.png"  # the CSV is seed_overlay.csv beside it
               help="Points on the line of the density panels.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               callback=output_dir, help=f"Folder for {FIGURE_NAME} and seed_overlay.csv (made if missing).")
+@threads_option
 def cauchy_report(run_dirs, model, times, line_points, out) -> None:
     """Score error over t per run and the learned vs true density at three times, for RUN_DIRS
     of one data set and SDE (e.g. the seeds of one `scorefpe cauchy` setting)."""
@@ -40,4 +41,9 @@ def cauchy_report(run_dirs, model, times, line_points, out) -> None:
                 f"{100 * row['mean_rel_err']:.2f} %, max {100 * row['max_rel_err']:.2f} % at t = {row['t_at_max']:.2f}")
         if "w_em_0" in row:
             line += f"; mode-1 weight EM {row['w_em_0']:.3f}" + (f" ODE {row['w_ode_0']:.3f}" if "w_ode_0" in row else "")
+        slices = [(k[len("slice_w1_t"):], v) for k, v in row.items()
+                  if k.startswith("slice_w1_t") and not k.startswith("slice_w1_true")]
+        if slices:
+            line += "; slice mass of mode 1 " + ", ".join(
+                f"t={t} {v:.3f} (true {row['slice_w1_true_t' + t]:.3f})" for t, v in slices)
         click.echo(line)

@@ -48,6 +48,7 @@ __all__ = [
     "default_times",
     "density_line",
     "line_log_density",
+    "mass_below",
     "overlay_rows",
     "plot_seed_overlay",
     "read_cauchy_run",
@@ -179,13 +180,16 @@ def band_summary(t_grid: Sequence[float], rel_err: Sequence[float],
 @dataclass(frozen=True)
 class DensityLine:
     """A line x(s) = origin + s u in R^D (u a unit vector (D,), origin (D,), float64) and the
-    range [s_lo, s_hi] shown; ``what`` says in words which line it is (for titles)."""
+    range [s_lo, s_hi] shown; ``what`` says in words which line it is (for titles); ``split``:
+    for a line through two component centres, the s of their midpoint (the mass below it is
+    the first component's share of the slice, `mass_below`), else None."""
 
     origin: Tensor
     direction: Tensor
     s_lo: float
     s_hi: float
     what: str
+    split: float | None = None
 
     def points(self, n: int) -> tuple[Tensor, Tensor]:
         """(s (n,), x(s) (n, D)), n equally spaced s in [s_lo, s_hi], float64."""
@@ -227,6 +231,7 @@ def density_line(dataset: Any, sde: Any, t: float, *, n_ref: int = 20000, q: flo
     x, _ = sde.perturb(x0, tt, gen)
     dim = x0.shape[1]
     centres = _mode_centres(dataset.truth)
+    split = None
     if dim == 1:
         u, through, what = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), "x axis"
     elif centres is not None and centres.shape[0] >= 2:
@@ -234,6 +239,7 @@ def density_line(dataset: Any, sde: Any, t: float, *, n_ref: int = 20000, q: flo
         i, j = sorted(divmod(int(d2.argmax()), centres.shape[0]))
         u = (centres[j] - centres[i]) / (centres[j] - centres[i]).norm()
         through = a * centres[i]
+        split = float(a * 0.5 * (centres[i] + centres[j]) @ u)
         what = (f"line through the centres {_fmt_point(centres[i])} and {_fmt_point(centres[j])}"
                 " (scaled by a(t)), s = u.x")
     else:
@@ -245,7 +251,7 @@ def density_line(dataset: Any, sde: Any, t: float, *, n_ref: int = 20000, q: flo
     proj = x.double() @ u
     lo, hi = (float(v) for v in torch.quantile(proj, torch.tensor([q, 1 - q], dtype=torch.float64)))
     pad = 0.1 * (hi - lo)
-    return DensityLine(origin=origin, direction=u, s_lo=lo - pad, s_hi=hi + pad, what=what)
+    return DensityLine(origin=origin, direction=u, s_lo=lo - pad, s_hi=hi + pad, what=what, split=split)
 
 
 def _normalise(s: Tensor, log_p: Tensor) -> Tensor:
@@ -273,6 +279,15 @@ def line_log_density(score_fn: ScoreFn, line: DensityLine, t: float, n: int = 20
     h = s[1:] - s[:-1]
     log_p = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * h * (f[1:] + f[:-1]), 0)])
     return s, _normalise(s, log_p)
+
+
+def mass_below(s: Tensor, p: Tensor, split: float) -> float:
+    """int_{s_lo}^{split} p ds by the trapezoid rule on the grid points s <= split (the last
+    cell's share left out: an error of at most h p(split), small where split lies in the
+    valley between two modes). For gmm2d's slice this is the first mode's weight on the line
+    (the data's 0.2 while the modes are apart)."""
+    keep = s <= split
+    return float(torch.trapezoid(p[keep], s[keep])) if int(keep.sum()) >= 2 else 0.0
 
 
 def true_line_density(dataset: Any, sde: Any, line: DensityLine, t: float, n: int = 2001) -> tuple[Tensor, Tensor]:
@@ -440,7 +455,9 @@ def default_times(runs: Sequence[SeedRun], band: tuple[float, float] = BAND) -> 
 def collect_overlay(run_dirs: Sequence[str | Path], *, times: Sequence[float] | None = None,
                     model: str = "pinn", n_line: int = 2001, band: tuple[float, float] = BAND) -> OverlayData:
     """The numbers of `seed_overlay` (nothing written): the runs' curves and mode weights read
-    from each results.json (`read_cauchy_run`, `overlay_rows`), and the densities at ``times``
+    from each results.json (`read_cauchy_run`, `overlay_rows`; on a line through two centres
+    each row also gets, per time t, slice_w1_t<t> and slice_w1_true_t<t>: the learned and the
+    true density's mass below the centres' midpoint, `mass_below`), and the densities at ``times``
     (default `default_times`) from each run's ``model`` loaded by `load_run_model` (the
     evaluated weights: EMA where the run kept one) through `line_log_density` on
     `density_line` with n_line points, next to `true_line_density`.
@@ -479,6 +496,12 @@ def collect_overlay(run_dirs: Sequence[str | Path], *, times: Sequence[float] | 
         dl = density_line(dataset, sde, t)
         densities.append((t, dl, true_line_density(dataset, sde, dl, t, n_line),
                           [line_log_density(m, dl, t, n_line) for m in models]))
+    for t, dl, (s_true, p_true), learned in densities:
+        if dl.split is None:
+            continue
+        for row, (s_run, p_run) in zip(rows, learned):
+            row[f"slice_w1_t{t:g}"] = mass_below(s_run, p_run, dl.split)
+            row[f"slice_w1_true_t{t:g}"] = mass_below(s_true, p_true, dl.split)
     title = (f"scorefpe cauchy, {first.dataset} {first.sde.upper()}, {model}: {len(runs)} runs "
              f"({first.config.get('steps')} steps)")
     return OverlayData(runs=runs, rows=rows, densities=densities, title=title)
