@@ -110,6 +110,8 @@ def test_the_figure_has_one_line_per_run_in_every_panel(runs):
             # seed, band mean and the first mode's learned weight of each sampler
             assert lab.startswith(f"seed {row['seed']}: {100 * row['mean_rel_err']:.2f} %")
             assert f"EM {row['w_em_0']:.3f}" in lab and f"ODE {row['w_ode_0']:.3f}" in lab
+            miss = row["mean_rel_err"] >= 0.05 or max(row["dev_em"], row["dev_ode"]) > 0.03
+            assert lab.endswith("MISS") == miss
         # the score-error lines are the stored curves, in %
         first = [ln for ln in axes[0].get_lines() if ln.get_gid() == "run"][0]
         ev = json.loads((runs["g2_s0"] / "results.json").read_text())["runs"]["pinn"]["eval"]
