@@ -663,9 +663,9 @@ def collect_values(cfg: Table1Config,
     and was trained with the experiment's settings (its table1_train.json matches the planned
     run): a run trained under other settings, e.g. before a preset changed, is left out rather
     than reported under the settings the table's header names."""
-    values: dict[str, dict[int, dict[str, float | None]]] = {loss: {} for loss in cfg.losses}
     from scorefpe.evaluation.run_eval import time_per_epoch
 
+    values: dict[str, dict[int, dict[str, float | None]]] = {loss: {} for loss in cfg.losses}
     for sp in plan_runs(cfg, out):
         p = sp.run_dir / EVAL_JSON
         if p.is_file() and _training_done(sp):
