@@ -723,3 +723,35 @@ def test_cli_param_v_and_epsilon(tmp_path, sde_name):
     for key in (("v_net", "v"), ("eps_net", "epsilon")):
         assert dist[key] < 1e-20, (key, dist[key])
     assert dist[("v_net", "eps")] > 1e-3
+
+
+def test_default_time_derivative_is_exact_where_the_stencil_is_biased():
+    # Data N(0, c^2 I) with c = 1e-2 under VP: the true score -x / v(t), v = a(t)^2 c^2 + sigma(t)^2,
+    # has r_FP = 0 at every t. At the grid's lowest t = 1e-3, v grows from ~2e-4 to ~6e-4 over the
+    # stencil's one-sided reach (t + h, t + 2h, h = 1e-3), so a stencil's d_t s is biased by
+    # O(h^2 d_t^3 s) ~ |s| there: its r_FP CI excludes 0, while the default (forward-mode) stays
+    # within 4 SE of 0. A default that fell back to the stencil fails the first assertion.
+    sde = VPSDE()
+    c = 1e-2
+    d = 32
+
+    def true_score(x, t):
+        v = sde.mean_coeff(t) ** 2 * c**2 + sde.marginal_var(t)
+        return -x / v[:, None]
+
+    def x0(n, g=None):
+        return c * torch.randn(n, d, generator=g, dtype=D64)
+
+    kw = dict(t_grid=[1e-3], n_points=64, n_probes=4, mode="estimated", compute_dsm=False)
+    rep = check_model(true_score, sde, x0, generator=torch.Generator().manual_seed(3), **kw)
+    assert "forward-mode" in rep.meta["mode"]
+    s = rep.stats["r_fp"][0]
+    # The score is linear and isotropic, so Hutchinson is exact here (grad_x div s = 0) and r_FP
+    # is float64 round-off: eps ~ 64 machine epsilons of |d_t s|, |d_t s|^2/D ~ E|s|^2/D / t^2.
+    roundoff = (64 * torch.finfo(D64).eps) ** 2 * rep.stats["score_sq"][0].mean / 1e-3**2
+    assert abs(s.mean) <= roundoff
+    bad = check_model(true_score, sde, x0, generator=torch.Generator().manual_seed(3),
+                      time_method="nonuniform", **kw)
+    b = bad.stats["r_fp"][0]
+    assert b.mean > 4 * b.se
+    assert b.mean > 1e6 * roundoff

@@ -125,8 +125,9 @@ def model_options(skip: tuple[str, ...] = ()) -> list[Callable]:
         "time_method": click.option(
             "--time-method", type=click.Choice(["default", "exact", "central", "nonuniform"]),
             default="default", show_default=True,
-            help="d_t s in r_FP; default: exact in exact mode, FP-Diffusion's nonuniform stencil "
-                 "in estimated mode (float32 stencils add round-off ~1e-7|s|/h)."),
+            help="d_t s in r_FP; default: exact (forward-mode AD). The stencils (h = 1e-3) "
+                 "are biased where s changes on that scale in t, i.e. at small t, and add "
+                 "round-off ~1e-7|s|/h in float32."),
         "dtype": click.option("--dtype", type=click.Choice(list(DTYPES)), default="auto",
                               show_default=True, help="auto: the model's parameter dtype, else float64."),
         "device": click.option("--device", default="cpu", show_default=True,

@@ -14,8 +14,9 @@ Each reported value is the mean over points with SE = sd / sqrt(n_points) (CI = 
 
 Modes. exact (default when D <= 16): every derivative exact (D JVPs per quantity), so the SE is
 the spread over points only. estimated (larger D): Hutchinson probes (K = n_probes per point and
-quantity, fresh for every point, so the SE over points includes the probe noise) and the
-finite-difference d_t s of FP-Diffusion. The square of one residual estimate is biased upwards by
+quantity, fresh for every point, so the SE over points includes the probe noise); d_t s is
+forward-mode AD in both modes (FP-Diffusion's finite-difference stencil on request: it is biased
+at small t, see `check_model`'s time_method). The square of one residual estimate is biased upwards by
 its variance (E||eps_hat||^2 = ||eps||^2 + tr Cov), so r_FP uses two independent estimates and
 the unbiased product <eps_hat_1, eps_hat_2>/D (it can be negative where r_FP ~ 0). The divergence
 spread uses the covariance of two independent divergence estimates over points for the same
@@ -173,8 +174,11 @@ def check_model(
         true_score_fn: closed-form score for the distance column (optional).
         compute_dsm: report the DSM loss (meaningful when x0 is data).
         time_method: d_t s method of the residual ('exact' forward-mode, 'central',
-            'nonuniform'); default: exact in exact mode, 'nonuniform' (FP-Diffusion's stencil) in
-            estimated mode. In float32 a stencil adds round-off ~ 1e-7 |s| / h; 'exact' has none.
+            'nonuniform' (FP-Diffusion's stencil)); default: exact in both modes. A stencil with
+            h = 1e-3 is biased where s changes on a scale of h in t: at the grid's lowest t it
+            must go one-sided (s at t + h, t + 2h), and a trained MNIST score's r_FP came out 2x
+            too small at t = 1e-3 and 1,000x at 1e-5 (docs/results/table1_cpu.md). In float32 a
+            stencil also adds round-off ~ 1e-7 |s| / h; 'exact' has none.
         batch_size: points per operator call. progress: called as progress(done, total) in
             points. meta: extra entries for the report's meta (model name, data, ...).
 
@@ -218,7 +222,7 @@ def check_model(
 
     t_lo = grid[0]
     if time_method is None:
-        tm = ops.TimeMethod.EXACT if exact else ops.TimeMethod.NONUNIFORM
+        tm = ops.TimeMethod.EXACT
     else:
         try:
             tm = ops.TimeMethod(time_method)

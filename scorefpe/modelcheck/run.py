@@ -88,8 +88,8 @@ def check_model_spec(
     on the log-spaced `t_grid` with `n_points` points per t and `n_probes` probes per point;
     print the table with `echo`. All randomness comes from one generator seeded with `seed`.
 
-    dtype None: the model's parameter dtype, else float64. time_method None: the default d_t
-    stencil of the mode. Cost: that of `check_model`, plus `n_points` ODE solves without data.
+    dtype None: the model's parameter dtype, else float64. time_method None: forward-mode d_t s
+    (`check_model`'s default). Cost: that of `check_model`, plus `n_points` ODE solves without data.
     `t_start` (a `time.perf_counter()` value) starts the printed wall time; default now.
 
     Raises:
