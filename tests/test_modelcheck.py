@@ -727,10 +727,10 @@ def test_cli_param_v_and_epsilon(tmp_path, sde_name):
 
 def test_default_time_derivative_is_exact_where_the_stencil_is_biased():
     # Data N(0, c^2 I) with c = 1e-2 under VP: the true score -x / v(t), v = a(t)^2 c^2 + sigma(t)^2,
-    # has r_FP = 0 at every t. At the grid's lowest t = 1e-3, v grows from ~2e-4 to ~6e-4 over the
+    # has r_FP = 0 at every t. At the grid's lowest t = 1e-3, v grows from ~2e-4 to ~5e-4 over the
     # stencil's one-sided reach (t + h, t + 2h, h = 1e-3), so a stencil's d_t s is biased by
     # O(h^2 d_t^3 s) ~ |s| there: its r_FP CI excludes 0, while the default (forward-mode) stays
-    # within 4 SE of 0. A default that fell back to the stencil fails the first assertion.
+    # at float64 round-off. A default that fell back to the stencil fails the first assertion.
     sde = VPSDE()
     c = 1e-2
     d = 32
