@@ -216,6 +216,33 @@ def test_sliced_wasserstein_of_a_shift():
         sliced_wasserstein(a, a[:10])
 
 
+@pytest.mark.parametrize("sde_name", ["ve", "vp"])
+def test_log_ratio_error_of_a_mixture_with_other_weights_is_the_log_weight_error(sde_name):
+    """gmm2d's score against that of the same mixture with weights 0.3 / 0.7: while the modes
+    are apart, log q~ - log q at a(t) mu_2 minus at a(t) mu_1 is log(0.7 / 0.3) - log(0.8 / 0.2)
+    = -0.539 up to the other component's share at the means, ~exp(-50 / (1 + v(t)/a^2)) (< 1e-9
+    here), and the trapezoid error of the jump (step 1 / 8000 of the segment, jump width
+    1 / 14 of length 14: ~1e-6). A constant score error c gives c . a(t) (mu_2 - mu_1) exactly
+    (float32 inputs: 1e-5 relative)."""
+    from scorefpe.data.synthetic import _gmm
+    from scorefpe.pinn import log_ratio_error
+
+    ds, sde = get_dataset("gmm2d"), make_sde(sde_name)
+    eye = [[1.0, 0.0], [0.0, 1.0]]
+    other = _gmm([0.3, 0.7], [[-5.0, -5.0], [5.0, 5.0]], [eye, eye]).score_fn(sde)
+    true = ds.score_fn(sde)
+    ts = torch.tensor([1e-3, 0.05, 0.2], dtype=torch.float64)
+    err = log_ratio_error(other, true, sde, ds.truth.means, ts, dtype=torch.float64)
+    expected = math.log(0.7 / 0.3) - math.log(0.8 / 0.2)
+    assert err.shape == (3, 1)
+    torch.testing.assert_close(err[:, 0], torch.full((3,), expected, dtype=torch.float64), rtol=0, atol=1e-5)
+    c = torch.tensor([0.3, -0.1])
+    shifted = log_ratio_error(lambda x, t: true(x.double(), t.double()).float() + c, true, sde, ds.truth.means, ts)
+    a = sde.mean_coeff(ts)
+    torch.testing.assert_close(shifted[:, 0], a * float(c.double() @ (ds.truth.means[1] - ds.truth.means[0])),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_mode_weights_nearest_mean():
     means = torch.tensor([[-5.0, -5.0], [5.0, 5.0]])
     x = torch.tensor([[-4.0, -6.0], [4.0, 4.0], [6.0, 5.0], [0.1, 0.2]])

@@ -157,11 +157,53 @@ def test_adaptive_loss_trains_on_pool_points_ranked_by_the_models_residual(monke
     assert pool.draws == 1
 
 
-def test_adaptive_run_resumes_exactly(tmp_path):
-    """rad_every 2 (a refresh at steps 0, 2, 4) and balance_every 2: stopped at step 3 and resumed
-    to 6 it has the parameters and loss history of the uninterrupted run (float32 round-off)."""
+def test_adaptive_initial_condition_draws_its_points_by_their_ic_error():
+    """rad_ic: the pool holds rad_pool points of the IC law with their exact target scores, its
+    probabilities are rad_probabilities of b(t_min)^2 ||s~ - s||^2 / D there, and the IC term
+    is the mean of that error over the drawn rows. With batch_ic = 20000 draws from a pool of
+    400, the term must equal sum_j p_j r_j within 5 standard errors of the multinomial mean
+    (sqrt(Var_p(r) / n)); with rad_ic off it would be the plain pool mean, which lies far
+    outside (checked: the two differ by more than 20 of those errors for k = 1, c = 0.1)."""
+    cfg = CauchyConfig(**{**TINY, "batch_ic": 20_000}, rad_every=5, rad_pool=400, rad_k=1.0, rad_c=0.1,
+                       rad_ic=True)
+    ds, sde, model = _model(cfg)
+    pool, ic_pool = ResidualPool.from_config(cfg), ResidualPool.from_config(cfg)
+    terms = cauchy_loss(model, model.out_scale, sde, ds.sample, ds.score_fn(sde), cfg,
+                        torch.Generator().manual_seed(3), pool=pool, ic_pool=ic_pool)
+    x, target = ic_pool.x, ic_pool.t
+    assert x.shape == (400, 2) and target.shape == (400, 2) and ic_pool.draws == 1
+    t0 = torch.full((400,), cfg.t_min)
+    torch.testing.assert_close(target, ds.score_fn(sde)(x, t0).float())
+    with torch.no_grad():
+        r = (model.out_scale(t0)[:, None] ** 2 * (model(x, t0) - target).pow(2)).sum(-1).double() / 2
+    torch.testing.assert_close(ic_pool.prob, rad_probabilities(r, 1.0, 0.1))
+    mean_p = float((ic_pool.prob * r).sum())
+    se = math.sqrt(float((ic_pool.prob * (r - mean_p) ** 2).sum()) / cfg.batch_ic)
+    assert abs(float(terms["initial"]) - mean_p) < 5 * se, (float(terms["initial"]), mean_p, se)
+    assert abs(float(r.mean()) - mean_p) > 20 * se
+
+
+def test_initial_condition_pool_needs_the_collocation_pool_and_the_exact_score(tmp_path):
+    with pytest.raises(ValueError, match="rad_every"):
+        CauchyConfig(rad_ic=True)
+    with pytest.raises(ValueError, match="init"):
+        CauchyConfig(rad_ic=True, rad_every=5, init="dsm", precond="global")
+    with pytest.raises(ValueError, match="rad_ic"):
+        CauchyConfig(rad_ic=1)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["cauchy", "--rad-ic", "--out", str(out)])
+    assert res.exit_code == 2 and "rad_every" in res.output, res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra", [{}, dict(rad_ic=True, curriculum=0.5, lr_schedule="exponential")])
+def test_adaptive_run_resumes_exactly(tmp_path, extra):
+    """rad_every 2 (a refresh at steps 0, 2, 4) and balance_every 2, with and without the IC
+    pool, the curriculum (horizon still growing at the stop) and another lr schedule: stopped at
+    step 3 and resumed to 6 it has the parameters and loss history of the uninterrupted run
+    (float32 round-off)."""
     ds, sde = get_dataset("gmm2d"), make_sde("ve")
-    cfg = CauchyConfig(**TINY, rad_every=2, rad_pool=64, balance_every=2)
+    cfg = CauchyConfig(**TINY, rad_every=2, rad_pool=64, balance_every=2, **extra)
     full = train_run(cfg, ds, sde, tmp_path / "full")
     train_run(cfg, ds, sde, tmp_path / "part", stop_after=3)
     rest = train_run(cfg, ds, sde, tmp_path / "part", resume=True)
@@ -236,8 +278,61 @@ def test_cli_passes_the_adaptive_options_to_the_saved_config(tmp_path):
     small = ["--hidden", "16", "--depth", "2", "--batch-size", "32", "--ic-batch-size", "32", "--no-baseline"]
     res = CliRunner().invoke(main, ["cauchy", *small, "--steps", "2", "--stop-after", "1", "--rad-every", "7",
                                     "--rad-pool", "100", "--rad-k", "2", "--rad-c", "0.5", "--balance-every", "3",
-                                    "--balance-decay", "0.5", "--out", str(out)])
+                                    "--balance-decay", "0.5", "--rad-ic", "--curriculum", "0.25",
+                                    "--lr-schedule", "constant", "--out", str(out)])
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "pinn" / "config.json").read_text())
-    assert [saved[k] for k in ("rad_every", "rad_pool", "rad_k", "rad_c", "balance_every", "balance_decay")] == \
-        [7, 100, 2.0, 0.5, 3, 0.5]
+    assert [saved[k] for k in ("rad_every", "rad_pool", "rad_k", "rad_c", "balance_every", "balance_decay",
+                               "rad_ic", "curriculum", "lr_schedule")] == [7, 100, 2.0, 0.5, 3, 0.5, True, 0.25, "constant"]
+
+
+# ---------------------------------------------------------------- curriculum and lr schedules
+
+
+def test_curriculum_shrinks_the_times_of_the_same_draws_by_the_horizon(monkeypatch):
+    """Curriculum(0.5, 8): h_k = min(1, (k + 1) / 4) = 0.25, 0.5, 0.75, 1, 1. The times of
+    draw k are t_min + h_k (t - t_min) of the times the same generator gives without it
+    (float32 round-off of the map), so the law of t_sampling is kept inside the horizon."""
+    cfg = CauchyConfig(**{**TINY, "steps": 8}, curriculum=0.5)
+    ds, sde, model = _model(cfg)
+    seen = []
+    real = solver.fp_residual
+    monkeypatch.setattr(solver, "fp_residual", lambda f, s_, x, t, **kw: (seen.append(t), real(f, s_, x, t, **kw))[1])
+    cur = solver.Curriculum.from_config(cfg)
+    hs = []
+    for k in range(5):
+        before = cur.draws
+        cauchy_loss(model, model.out_scale, sde, ds.sample, ds.score_fn(sde), cfg,
+                    torch.Generator().manual_seed(k), horizon=(h := cur.next()))
+        hs.append(h)
+        assert cur.draws == before + 1
+        cauchy_loss(model, model.out_scale, sde, ds.sample, ds.score_fn(sde), cfg, torch.Generator().manual_seed(k))
+        t_h, t_1 = seen[-2], seen[-1]
+        torch.testing.assert_close(t_h, cfg.t_min + h * (t_1 - cfg.t_min), rtol=1e-6, atol=1e-7)
+        assert float(t_h.max()) <= cfg.t_min + h * (1 - cfg.t_min) + 1e-6
+    assert hs == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert solver.Curriculum.from_config(CauchyConfig()) is None
+
+
+def test_lr_schedules_closed_form():
+    """lr 1e-2 to lr_final 1e-4 over 100 steps: cosine 5.05e-3 half-way; exponential the
+    geometric mean 1e-3 half-way and 1e-2 * 0.01^0.25 at a quarter; constant 1e-2 throughout;
+    all start at lr and the decaying ones end at lr_final."""
+    for how, half in (("cosine", 5.05e-3), ("exponential", 1e-3), ("constant", 1e-2)):
+        cfg = CauchyConfig(steps=100, lr=1e-2, lr_final=1e-4, lr_schedule=how)
+        assert solver.lr_at(0, cfg) == pytest.approx(1e-2, rel=1e-12)
+        assert solver.lr_at(50, cfg) == pytest.approx(half, rel=1e-12)
+        assert solver.lr_at(100, cfg) == pytest.approx(1e-2 if how == "constant" else 1e-4, rel=1e-12)
+    cfg = CauchyConfig(steps=100, lr=1e-2, lr_final=1e-4, lr_schedule="exponential")
+    assert solver.lr_at(25, cfg) == pytest.approx(1e-2 * 0.01**0.25, rel=1e-12)
+
+
+def test_config_and_cli_reject_bad_curriculum_and_schedule(tmp_path):
+    for bad in (dict(curriculum=1.5), dict(curriculum=-0.1), dict(curriculum=True), dict(lr_schedule="linear")):
+        with pytest.raises(ValueError):
+            CauchyConfig(**bad)
+    for args, needle in ((["--curriculum", "2"], "--curriculum"), (["--lr-schedule", "linear"], "--lr-schedule")):
+        out = tmp_path / "run"
+        res = CliRunner().invoke(main, ["cauchy", *args, "--out", str(out)])
+        assert res.exit_code == 2 and needle in res.output, res.output
+        assert not out.exists()

@@ -78,6 +78,12 @@ def _empty(directory: Path) -> None:
               help="Candidates per pool of --rad-every.")
 @click.option("--rad-k", type=NONNEG_FLOAT, default=1.0, show_default=True, help="Exponent k of --rad-every.")
 @click.option("--rad-c", type=NONNEG_FLOAT, default=1.0, show_default=True, help="Offset c of --rad-every.")
+@click.option("--rad-ic/--no-rad-ic", default=False, show_default=True,
+              help="With --rad-every: draw the initial-condition points the same way, ranked by their IC error.")
+@click.option("--curriculum", type=FiniteFloat(min=0, max=1), default=0.0, show_default=True,
+              help="Grow the collocation times' horizon from t_min to 1 over this share of the steps; 0: off.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "exponential", "constant"]), default="cosine",
+              show_default=True, help="Step size from --lr to --lr/100 over the steps.")
 @click.option("--balance-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Every N steps set the IC weight to a running average of |grad residual|/|grad IC|; 0: off.")
 @click.option("--balance-decay", type=FiniteFloat(min=0, max=1, max_open=True), default=0.9, show_default=True,
@@ -112,7 +118,7 @@ def _empty(directory: Path) -> None:
 @old_spelling("--batch-ic", "--ic-batch-size", "batch_ic", type=click.IntRange(min=1))
 @old_spelling("--em-steps", "--sampler-steps", "em_steps", type=click.IntRange(min=1))
 def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, uniform_fraction,
-           t_sampling, ic_weight, ema, causal_eps, causal_bins, rad_every, rad_pool, rad_k, rad_c,
+           t_sampling, ic_weight, ema, causal_eps, causal_bins, rad_every, rad_pool, rad_k, rad_c, rad_ic, curriculum, lr_schedule,
            balance_every, balance_decay, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
            density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
@@ -138,7 +144,8 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
                            uniform_fraction=0.5 if uniform_fraction is None else uniform_fraction,
                            t_sampling=t_sampling, init=init, t_min=t_min, hidden=hidden, depth=depth,
                            seed=seed, ema=ema, causal_eps=causal_eps, causal_bins=causal_bins,
-                           rad_every=rad_every, rad_pool=rad_pool, rad_k=rad_k, rad_c=rad_c,
+                           rad_every=rad_every, rad_pool=rad_pool, rad_k=rad_k, rad_c=rad_c, rad_ic=rad_ic, curriculum=curriculum,
+                           lr_schedule=lr_schedule,
                            balance_every=balance_every, balance_decay=balance_decay)
     except ValueError as err:
         raise click.UsageError(str(err)) from err

@@ -23,6 +23,7 @@ from scorefpe.pinn.evaluate import EvalResult, density_grid, evaluate_model
 from scorefpe.pinn.model import PreconditionedScore, data_scale, local_scale
 from scorefpe.pinn.solver import (
     CauchyConfig,
+    Curriculum,
     ICBalancer,
     Objective,
     Preconditioning,
@@ -45,7 +46,8 @@ N_SCALE_SAMPLES = 20000  # data samples behind data_scale / local_scale (their M
 # resume when given those values instead of being refused for a missing key.
 _BEFORE_OPTION = {"precond": "global", "uniform_fraction": 0.5, "t_sampling": "uniform", "ema": 0.0,
                   "causal_eps": 0.0, "causal_bins": 8, "rad_every": 0, "rad_pool": 4096, "rad_k": 1.0,
-                  "rad_c": 1.0, "balance_every": 0, "balance_decay": 0.9}
+                  "rad_c": 1.0, "balance_every": 0, "balance_decay": 0.9, "rad_ic": False,
+                  "curriculum": 0.0, "lr_schedule": "cosine"}
 
 __all__ = [
     "CauchyEvalConfig",
@@ -152,7 +154,7 @@ def train_run(
     shows a tqdm bar named ``label``. With cfg.ema > 0 an EMA of the weights (decay cfg.ema,
     started at the initial weights) is kept beside the training (checkpoint key "ema"; the
     raw weights stay under "model"), and the returned model holds the EMA weights. The state of
-    adaptive collocation (cfg.rad_every > 0, key "rad") and of the initial-condition balancing
+    adaptive collocation (cfg.rad_every > 0, key "rad"; its initial-condition pool, key "rad_ic") and of the initial-condition balancing
     (cfg.balance_every > 0, key "balance") is checkpointed too, so those runs resume exactly.
 
     Raises:
@@ -170,6 +172,8 @@ def train_run(
     state = TrainState()
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     pool = ResidualPool.from_config(cfg) if Objective(cfg.objective) is Objective.PINN else None
+    ic_pool = ResidualPool.from_config(cfg) if pool is not None and cfg.rad_ic else None
+    curriculum = Curriculum.from_config(cfg) if Objective(cfg.objective) is Objective.PINN else None
     balancer = ICBalancer.from_config(cfg) if Objective(cfg.objective) is Objective.PINN else None
     ckpt = run_dir / "checkpoint.pt"
     elapsed0 = 0.0
@@ -190,13 +194,18 @@ def train_run(
             ema.load_state_dict(saved["ema"])
         if pool is not None:
             pool.load_state_dict(saved["rad"])
+        if ic_pool is not None:
+            ic_pool.load_state_dict(saved["rad_ic"])
         if balancer is not None:
             balancer.load_state_dict(saved["balance"])
         state = TrainState(step=int(saved["step"]), history=list(saved["history"]))
+        if curriculum is not None:
+            curriculum.draws = state.step
         elapsed0 = float(saved["seconds"])
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg.to_dict())
-    loss_fn = make_loss(model, sde, dataset.sample, dataset.score_fn(sde), cfg, pool=pool)
+    loss_fn = make_loss(model, sde, dataset.sample, dataset.score_fn(sde), cfg, pool=pool, ic_pool=ic_pool,
+                        curriculum=curriculum)
     t0 = time.perf_counter()
 
     def save() -> None:
@@ -206,6 +215,7 @@ def train_run(
             "seconds": elapsed0 + time.perf_counter() - t0,
             **({"ema": ema.state_dict()} if ema is not None else {}),
             **({"rad": pool.state_dict()} if pool is not None else {}),
+            **({"rad_ic": ic_pool.state_dict()} if ic_pool is not None else {}),
             **({"balance": balancer.state_dict()} if balancer is not None else {}),
         })
 

@@ -44,6 +44,42 @@ def score_error_curve(
     return torch.stack(out)
 
 
+@torch.no_grad()
+def log_ratio_error(
+    score_fn: ScoreFn,
+    true_score: ScoreFn,
+    sde: SDE,
+    means: Tensor,
+    t_grid: Tensor,
+    *,
+    n_line: int = 8001,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Error of the log-density difference between neighbouring modes that the learned score
+    implies, shape (T, K - 1): for each t of t_grid and each pair (mu_k, mu_{k+1}) of ``means``
+    (K, D), in their order,
+        int_0^1 (s~ - s)(x(u), t) . dx/du du,  x(u) = a(t) (mu_k + u (mu_{k+1} - mu_k)),
+    i.e. [log q~_t - log q_t] at a(t) mu_{k+1} minus the same at a(t) mu_k when s~ is a gradient.
+    While the modes are apart (gmm2d VE: t < ~0.5) it is the error of log(pi_{k+1} / pi_k),
+    so it says at which t a solver gains or loses the mode weights (docs/results/cauchy.md).
+    Trapezoid rule on n_line points (exact for a constant error; the initial score's jump
+    between the modes, width s^2 / |mu_{k+1} - mu_k|, should span many points).
+    Cost: one evaluation of both scores on n_line points per t and pair.
+    """
+    u = torch.linspace(0.0, 1.0, n_line, dtype=torch.float64)
+    out = torch.zeros(len(t_grid), means.shape[0] - 1, dtype=torch.float64)
+    for i, t in enumerate(t_grid.tolist()):
+        tt = torch.full((n_line,), t, dtype=torch.float64)
+        a = sde.mean_coeff(tt)[:, None]
+        for k in range(means.shape[0] - 1):
+            lo, hi = means[k].double(), means[k + 1].double()
+            x = a * (lo + u[:, None] * (hi - lo))
+            dl = a * (hi - lo)
+            diff = score_fn(x.to(dtype), tt.to(dtype)).double() - true_score(x, tt)
+            out[i, k] = torch.trapezoid((diff * dl).sum(-1), u)
+    return out
+
+
 def mode_weights(samples: Tensor, means: Tensor) -> Tensor:
     """Fraction of samples nearest (Euclidean) to each mode mean, shape (K,). samples (N, D),
     means (K, D). For gmm2d this is the fraction nearer (-5,-5) vs (5,5)."""
@@ -83,6 +119,7 @@ class EvalResult:
     mean_rel_err: float  # average of rel_err over the grid points with t >= 0.05
     samples: dict[str, Any] = field(default_factory=dict)
     density: dict[str, Any] = field(default_factory=dict)
+    log_ratio_err: list[list[float]] = field(default_factory=list)  # (T, K - 1) on t_grid; [] without means
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -112,6 +149,8 @@ def evaluate_model(
     floor. With n_density > 0, the model's probability-flow log-density at n_density true
     samples vs the exact log q_{t_min} (scorefpe.sampling.likelihood). Returns (numbers, {sampler name: samples}).
 
+    For Gaussian mixtures also `log_ratio_error` between neighbouring means on the same t grid.
+
     Cost: dominated by em_steps score evaluations on n_samples and the residual curve.
     """
     g = torch.Generator().manual_seed(seed)
@@ -136,6 +175,7 @@ def evaluate_model(
     means = getattr(truth, "means", None)
     res.samples["true"] = {"sw": sliced_wasserstein(ref, ref2, generator=torch.Generator().manual_seed(1))}
     if means is not None:
+        res.log_ratio_err = log_ratio_error(score_fn, true, sde, means, grid, dtype=dtype).tolist()
         res.samples["true"]["mode_weights"] = mode_weights(ref2, means).tolist()
         res.samples["target_mode_weights"] = truth.weights.tolist()
     out: dict[str, Tensor] = {"true": ref2.float()}

@@ -89,6 +89,16 @@ class TimeSampling(str, Enum):
     MIXED = "mixed"
 
 
+class LRSchedule(str, Enum):
+    """The step size from lr (step 0) to lr_final (the last step): cosine (the default),
+    exponential (geometric: below lr_final^(1/2) lr^(1/2) from half-way, where cosine stays near
+    lr / 2), or constant at lr."""
+
+    COSINE = "cosine"
+    EXPONENTIAL = "exponential"
+    CONSTANT = "constant"
+
+
 class Objective(str, Enum):
     """What is trained: the score-FPE Cauchy problem (PINN) or plain DSM (the baseline)."""
 
@@ -115,8 +125,12 @@ class CauchyConfig:
     rad_every, rad_pool, rad_k, rad_c: residual-based adaptive collocation (`ResidualPool`;
     rad_every 0: off): every rad_every steps a pool of rad_pool candidates is drawn from the
     collocation law and the batch is drawn from it with probability prop. to
-    r^k / mean(r^k) + c (`rad_probabilities`); balance_every, balance_decay: gradient-norm
-    balancing of the initial-condition weight (`ICBalancer`; balance_every 0: off).
+    r^k / mean(r^k) + c (`rad_probabilities`); rad_ic: the initial-condition points too, from a
+    second pool of the initial-condition law ranked by their squared IC error (needs rad_every > 0
+    and init exact); balance_every, balance_decay: gradient-norm
+    balancing of the initial-condition weight (`ICBalancer`; balance_every 0: off);
+    curriculum: share of the steps over which the collocation times' horizon grows linearly
+    from t_min to T (`Curriculum`; 0: off); lr_schedule: `LRSchedule` from lr to lr_final.
     """
 
     dataset: str = "gmm2d"
@@ -151,6 +165,9 @@ class CauchyConfig:
     rad_c: float = 1.0
     balance_every: int = 0
     balance_decay: float = 0.9
+    rad_ic: bool = False
+    curriculum: float = 0.0
+    lr_schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth", "causal_bins", "rad_pool"):
@@ -178,6 +195,16 @@ class CauchyConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not isinstance(self.rad_ic, bool):
+            raise ValueError(f"rad_ic must be True or False, got {self.rad_ic!r}")
+        if self.rad_ic and self.rad_every == 0:
+            raise ValueError("rad_ic draws the initial-condition points from an adaptive pool: it needs rad_every > 0")
+        if self.rad_ic and self.init != InitCondition.EXACT:
+            raise ValueError("rad_ic ranks points by their initial-condition error: it needs init='exact'")
+        cu = self.curriculum
+        if isinstance(cu, bool) or not (isinstance(cu, (int, float)) and 0 <= cu <= 1):
+            raise ValueError(f"curriculum must lie in [0, 1], got {cu!r}")
+        parse_choice(LRSchedule, self.lr_schedule, "lr schedule")
         b = self.balance_decay
         if isinstance(b, bool) or not (isinstance(b, (int, float)) and 0 <= b < 1):
             raise ValueError(f"balance_decay must lie in [0, 1), got {b!r}")
@@ -286,12 +313,16 @@ def causal_weights(t: Tensor, per_point: Tensor, t_min: float, T: float, n_bins:
 
 
 def _collocation_points(n: int, cfg: CauchyConfig, sde: SDE, scale_fn: Callable[[Tensor], Tensor],
-                        sample_x0: X0Sampler, gen: torch.Generator, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+                        sample_x0: X0Sampler, gen: torch.Generator, dtype: torch.dtype,
+                        horizon: float = 1.0) -> tuple[Tensor, Tensor]:
     """n collocation points of the law of ``cfg`` (x (n, D), t (n,)): x0 from the data, t by
-    cfg.t_sampling, x = a(t) x0 + sqrt(v(t)) z, and with collocation=mixed the share
-    cfg.uniform_fraction of them uniform on the widened box (`_mix_uniform`)."""
+    cfg.t_sampling (mapped to t_min + horizon (t - t_min) when horizon < 1), x = a(t) x0 +
+    sqrt(v(t)) z, and with collocation=mixed the share cfg.uniform_fraction of them uniform on
+    the widened box (`_mix_uniform`)."""
     x0 = sample_x0(n, gen).to(dtype)
     t = _sample_t(n, cfg, sde, scale_fn, gen, dtype)
+    if horizon < 1.0:
+        t = cfg.t_min + horizon * (t - cfg.t_min)
     x, _ = sde.perturb(x0, t, gen)
     if Collocation(cfg.collocation) is Collocation.MIXED:
         x = _mix_uniform(x, x0, t, sde, gen, cfg.uniform_fraction)
@@ -317,7 +348,8 @@ def rad_probabilities(r: Tensor, k: float, c: float) -> Tensor:
 class ResidualPool:
     """State of residual-based adaptive collocation (`rad_probabilities`): a pool of candidate
     collocation points (x (N, D), t (N,)) from the collocation law, their probabilities, and the
-    number of batches drawn. Every ``every``-th draw (the first included) the pool is redrawn and
+    number of batches drawn (for the initial-condition pool of cfg.rad_ic, ``t`` holds each
+    candidate's target score (N, D) instead: whatever must be drawn with the point). Every ``every``-th draw (the first included) the pool is redrawn and
     its residuals evaluated with the current model; the batch is drawn from the pool with
     replacement. Saved in the checkpoint (`state_dict`), so a resumed run draws the same points."""
 
@@ -353,6 +385,29 @@ class ResidualPool:
         self.x, self.t, self.prob, self.draws = state["x"], state["t"], state["prob"], int(state["draws"])
 
 
+class Curriculum:
+    """A curriculum in t from t_min outward: at loss draw k (0-based) the collocation times are
+    mapped t -> t_min + h_k (t - t_min), h_k = min(1, (k + 1) / (fraction * steps)), so the
+    horizon grows linearly from t_min to T over the first ``fraction`` of the steps and the
+    law of cfg.t_sampling is kept inside it. ``draws`` is the step reached (set it on resume)."""
+
+    def __init__(self, fraction: float, steps: int) -> None:
+        if not (0 < fraction <= 1) or steps < 1:
+            raise ValueError(f"Curriculum needs 0 < fraction <= 1 and steps >= 1, got {fraction!r}, {steps!r}")
+        self.fraction, self.steps, self.draws = fraction, steps, 0
+
+    @classmethod
+    def from_config(cls, cfg: CauchyConfig) -> "Curriculum | None":
+        """The curriculum of ``cfg`` (None when cfg.curriculum == 0)."""
+        return cls(cfg.curriculum, cfg.steps) if cfg.curriculum > 0 else None
+
+    def next(self) -> float:
+        """h_k of this draw; advances k."""
+        h = min(1.0, (self.draws + 1) / (self.fraction * self.steps))
+        self.draws += 1
+        return h
+
+
 def cauchy_loss(
     score_fn: ScoreFn,
     scale_fn: Callable[[Tensor], Tensor],
@@ -363,6 +418,8 @@ def cauchy_loss(
     generator: torch.Generator,
     dtype: torch.dtype = torch.float32,
     pool: ResidualPool | None = None,
+    ic_pool: ResidualPool | None = None,
+    horizon: float = 1.0,
 ) -> dict[str, Tensor]:
     """One draw of the Cauchy-problem loss; returns {"residual", "initial", "total"} (scalars,
     in the autograd graph of score_fn's parameters).
@@ -383,6 +440,12 @@ def cauchy_loss(
     w(t)^2 ||eps||^2 / D of the current model (cfg.residual, no graph: about (D + 1) rad_pool
     model evaluations); the residual term is their plain mean (RAD does not reweight: the loss's
     measure moves to where the residual is large).
+    ``horizon`` h < 1 (`Curriculum`) maps the collocation times t -> t_min + h (t - t_min).
+    With an ``ic_pool`` (cfg.rad_ic) the initial-condition points are drawn the same way from
+    cfg.rad_pool candidates of their own law, ranked by b(t_min)^2 ||s~ - s||^2 / D (one model
+    evaluation per candidate, no graph). Why: on gmm2d the mode weights sit in where the initial
+    score jumps between the modes, a band of width s^2 / |mu_j - mu_k| (0.07) that ~0.5 % of
+    the uniform points hit; an IC error there is carried unchanged to t ~ 0.4 (docs/results/cauchy.md).
 
     ``scale_fn`` is b(t) (the model's `out_scale`: with the local preconditioning b(t_min)^2 =
     1 / J_0, so ``initial`` is the squared error relative to the initial score's mean square). ``true_score`` is needed for init=exact.
@@ -404,30 +467,45 @@ def cauchy_loss(
         return (w[:, None] ** 2 * eps.pow(2)).sum(-1)
 
     def refresh() -> tuple[Tensor, Tensor, Tensor]:
-        xc, tc = _collocation_points(cfg.rad_pool, cfg, sde, scale_fn, sample_x0, generator, dtype)
+        xc, tc = _collocation_points(cfg.rad_pool, cfg, sde, scale_fn, sample_x0, generator, dtype, horizon)
         return xc, tc, weighted_residual(xc, tc, False).detach() / xc.shape[1]
 
     if pool is None:
-        x, t = _collocation_points(cfg.batch, cfg, sde, scale_fn, sample_x0, generator, dtype)
+        x, t = _collocation_points(cfg.batch, cfg, sde, scale_fn, sample_x0, generator, dtype, horizon)
     else:
         x, t = pool.draw(cfg.batch, refresh, generator)
     d = x.shape[1]
     per_point = weighted_residual(x, t, True)
     residual = per_point.mean() / d  # mean, then / d: the loss of runs made before causal weighting
 
-    x0i = sample_x0(cfg.batch_ic, generator).to(dtype)
-    ti = torch.full((cfg.batch_ic,), cfg.t_min, dtype=dtype)
-    xi, z = sde.perturb(x0i, ti, generator)
-    if mixed and init is InitCondition.EXACT:
-        xi = _mix_uniform(xi, x0i, ti, sde, generator, cfg.uniform_fraction)
-    if init is InitCondition.EXACT:
-        if true_score is None:
-            raise ValueError("init='exact' needs the closed-form score at t_min (true_score)")
-        target = true_score(xi, ti).to(dtype).detach()
+    if init is InitCondition.EXACT and true_score is None:
+        raise ValueError("init='exact' needs the closed-form score at t_min (true_score)")
+
+    def ic_points(n: int) -> tuple[Tensor, Tensor, Tensor]:
+        x0i = sample_x0(n, generator).to(dtype)
+        ti = torch.full((n,), cfg.t_min, dtype=dtype)
+        xi, z = sde.perturb(x0i, ti, generator)
+        if mixed and init is InitCondition.EXACT:
+            xi = _mix_uniform(xi, x0i, ti, sde, generator, cfg.uniform_fraction)
+        if init is InitCondition.EXACT:
+            return xi, ti, true_score(xi, ti).to(dtype).detach()
+        return xi, ti, -z / sde.marginal_std(ti)[:, None]
+
+    def ic_error(xi: Tensor, ti: Tensor, target: Tensor) -> Tensor:
+        return (scale_fn(ti)[:, None] ** 2 * (score_fn(xi, ti) - target).pow(2)).sum(-1) / d
+
+    if ic_pool is None:
+        xi, ti, target = ic_points(cfg.batch_ic)
     else:
-        target = -z / sde.marginal_std(ti)[:, None]
-    ci = scale_fn(ti)[:, None]
-    initial = (ci**2 * (score_fn(xi, ti) - target).pow(2)).sum(-1).mean() / d
+        def ic_refresh() -> tuple[Tensor, Tensor, Tensor]:
+            xc, tc, yc = ic_points(cfg.rad_pool)
+            with torch.no_grad():
+                r = ic_error(xc, tc, yc)
+            # the pool's "t" slot carries the targets: they are drawn with their points
+            return xc, yc, r
+        xi, target = ic_pool.draw(cfg.batch_ic, ic_refresh, generator)
+        ti = torch.full((cfg.batch_ic,), cfg.t_min, dtype=dtype)
+    initial = ic_error(xi, ti, target).mean()
     if cfg.causal_eps == 0:
         return {"residual": residual, "initial": initial, "total": residual + cfg.ic_weight * initial}
     ic = cfg.ic_weight * initial
@@ -456,12 +534,16 @@ def dsm_baseline_loss(
 
 def make_loss(
     model: nn.Module, sde: SDE, sample_x0: X0Sampler, true_score: ScoreFn | None, cfg: CauchyConfig,
-    pool: ResidualPool | None = None,
+    pool: ResidualPool | None = None, ic_pool: ResidualPool | None = None,
+    curriculum: Curriculum | None = None,
 ) -> Callable[[torch.Generator], dict[str, Tensor]]:
     """The loss of ``cfg.objective`` as a function of the step's generator (PINN: drawing its
-    collocation points from ``pool`` when given, `ResidualPool`)."""
+    collocation points from ``pool`` and its initial-condition points from ``ic_pool`` when
+    given, `ResidualPool`, inside the horizon of ``curriculum``, one `Curriculum.next` per call)."""
     if Objective(cfg.objective) is Objective.PINN:
-        return lambda gen: cauchy_loss(model, model.out_scale, sde, sample_x0, true_score, cfg, gen, pool=pool)
+        return lambda gen: cauchy_loss(model, model.out_scale, sde, sample_x0, true_score, cfg, gen, pool=pool,
+                                       ic_pool=ic_pool,
+                                       horizon=curriculum.next() if curriculum is not None else 1.0)
     batch = cfg.dsm_batch if cfg.dsm_batch is not None else evals_per_step(cfg, model.net.config.dim)
     return lambda gen: dsm_baseline_loss(model, sde, sample_x0, batch, cfg.t_min, gen)
 
@@ -517,8 +599,14 @@ class TrainState:
 
 
 def lr_at(step: int, cfg: CauchyConfig) -> float:
-    """Cosine decay from lr to lr_final over cfg.steps (a function of the step: resumable)."""
+    """The step size of ``step`` by cfg.lr_schedule (`LRSchedule`) from cfg.lr to cfg.lr_final
+    over cfg.steps (a function of the step: resumable)."""
     frac = min(step / max(cfg.steps, 1), 1.0)
+    how = LRSchedule(cfg.lr_schedule)
+    if how is LRSchedule.CONSTANT:
+        return cfg.lr
+    if how is LRSchedule.EXPONENTIAL:
+        return cfg.lr * (cfg.lr_final / cfg.lr) ** frac
     return cfg.lr_final + 0.5 * (cfg.lr - cfg.lr_final) * (1 + math.cos(math.pi * frac))
 
 
