@@ -279,11 +279,12 @@ def test_cli_passes_the_adaptive_options_to_the_saved_config(tmp_path):
     res = CliRunner().invoke(main, ["cauchy", *small, "--steps", "2", "--stop-after", "1", "--rad-every", "7",
                                     "--rad-pool", "100", "--rad-k", "2", "--rad-c", "0.5", "--balance-every", "3",
                                     "--balance-decay", "0.5", "--rad-ic", "--curriculum", "0.25",
-                                    "--lr-schedule", "constant", "--out", str(out)])
+                                    "--lr-schedule", "constant", "--time-method", "central", "--out", str(out)])
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "pinn" / "config.json").read_text())
     assert [saved[k] for k in ("rad_every", "rad_pool", "rad_k", "rad_c", "balance_every", "balance_decay",
-                               "rad_ic", "curriculum", "lr_schedule")] == [7, 100, 2.0, 0.5, 3, 0.5, True, 0.25, "constant"]
+                               "rad_ic", "curriculum", "lr_schedule", "time_method")] == \
+        [7, 100, 2.0, 0.5, 3, 0.5, True, 0.25, "constant", "central"]
 
 
 # ---------------------------------------------------------------- curriculum and lr schedules
@@ -327,11 +328,30 @@ def test_lr_schedules_closed_form():
     assert solver.lr_at(25, cfg) == pytest.approx(1e-2 * 0.01**0.25, rel=1e-12)
 
 
+@pytest.mark.parametrize("time_method", [None, "exact", "nonuniform"])
+def test_the_residual_takes_d_t_by_the_configured_method(monkeypatch, time_method):
+    """cfg.time_method reaches fp_residual (None: the residual method's own choice)."""
+    cfg = CauchyConfig(**TINY, residual="estimated", time_method=time_method)
+    ds, sde, model = _model(cfg)
+    seen = []
+    real = solver.fp_residual
+
+    def spy(score_fn, sde_, x, t, **kw):
+        seen.append(kw["time_method"])
+        return real(score_fn, sde_, x, t, **kw)
+
+    monkeypatch.setattr(solver, "fp_residual", spy)
+    cauchy_loss(model, model.out_scale, sde, ds.sample, ds.score_fn(sde), cfg, torch.Generator().manual_seed(2))
+    assert seen == [time_method]
+
+
 def test_config_and_cli_reject_bad_curriculum_and_schedule(tmp_path):
-    for bad in (dict(curriculum=1.5), dict(curriculum=-0.1), dict(curriculum=True), dict(lr_schedule="linear")):
+    for bad in (dict(curriculum=1.5), dict(curriculum=-0.1), dict(curriculum=True), dict(lr_schedule="linear"),
+                dict(time_method="forward")):
         with pytest.raises(ValueError):
             CauchyConfig(**bad)
-    for args, needle in ((["--curriculum", "2"], "--curriculum"), (["--lr-schedule", "linear"], "--lr-schedule")):
+    for args, needle in ((["--curriculum", "2"], "--curriculum"), (["--lr-schedule", "linear"], "--lr-schedule"),
+                         (["--time-method", "forward"], "--time-method")):
         out = tmp_path / "run"
         res = CliRunner().invoke(main, ["cauchy", *args, "--out", str(out)])
         assert res.exit_code == 2 and needle in res.output, res.output

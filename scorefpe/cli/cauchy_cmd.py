@@ -84,6 +84,9 @@ def _empty(directory: Path) -> None:
               help="Grow the collocation times' horizon from t_min to 1 over this share of the steps; 0: off.")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "exponential", "constant"]), default="cosine",
               show_default=True, help="Step size from --lr to --lr/100 over the steps.")
+@click.option("--time-method", type=click.Choice(["default", "exact", "central", "nonuniform"]), default="default",
+              show_default=True, help="d_t s of the residual: default is forward-mode (exact) with --residual exact "
+                                      "and FP-Diffusion's nonuniform stencil with --residual estimated.")
 @click.option("--balance-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Every N steps set the IC weight to a running average of |grad residual|/|grad IC|; 0: off.")
 @click.option("--balance-decay", type=FiniteFloat(min=0, max=1, max_open=True), default=0.9, show_default=True,
@@ -118,7 +121,7 @@ def _empty(directory: Path) -> None:
 @old_spelling("--batch-ic", "--ic-batch-size", "batch_ic", type=click.IntRange(min=1))
 @old_spelling("--em-steps", "--sampler-steps", "em_steps", type=click.IntRange(min=1))
 def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting, precond, collocation, uniform_fraction,
-           t_sampling, ic_weight, ema, causal_eps, causal_bins, rad_every, rad_pool, rad_k, rad_c, rad_ic, curriculum, lr_schedule,
+           t_sampling, ic_weight, ema, causal_eps, causal_bins, rad_every, rad_pool, rad_k, rad_c, rad_ic, curriculum, lr_schedule, time_method,
            balance_every, balance_decay, lr, hidden, depth, t_min, seed, baseline, eval_samples, eval_points, fp_points, em_steps,
            density_points, density_grid,
            checkpoint_every, resume, stop_after, out) -> None:
@@ -146,6 +149,7 @@ def cauchy(dataset, sde_name, steps, batch, batch_ic, residual, init, weighting,
                            seed=seed, ema=ema, causal_eps=causal_eps, causal_bins=causal_bins,
                            rad_every=rad_every, rad_pool=rad_pool, rad_k=rad_k, rad_c=rad_c, rad_ic=rad_ic, curriculum=curriculum,
                            lr_schedule=lr_schedule,
+                           time_method=None if time_method == "default" else time_method,
                            balance_every=balance_every, balance_decay=balance_decay)
     except ValueError as err:
         raise click.UsageError(str(err)) from err

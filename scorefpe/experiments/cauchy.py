@@ -47,7 +47,7 @@ N_SCALE_SAMPLES = 20000  # data samples behind data_scale / local_scale (their M
 _BEFORE_OPTION = {"precond": "global", "uniform_fraction": 0.5, "t_sampling": "uniform", "ema": 0.0,
                   "causal_eps": 0.0, "causal_bins": 8, "rad_every": 0, "rad_pool": 4096, "rad_k": 1.0,
                   "rad_c": 1.0, "balance_every": 0, "balance_decay": 0.9, "rad_ic": False,
-                  "curriculum": 0.0, "lr_schedule": "cosine"}
+                  "curriculum": 0.0, "lr_schedule": "cosine", "time_method": None}
 
 __all__ = [
     "CauchyEvalConfig",

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from scorefpe._util import parse_choice
-from scorefpe.operators import ResidualMethod, fp_residual
+from scorefpe.operators import ResidualMethod, TimeMethod, fp_residual
 from scorefpe.penalties import dsm_loss
 from scorefpe.sde import SDE
 from scorefpe.training.ema import EMA
@@ -130,7 +130,9 @@ class CauchyConfig:
     and init exact); balance_every, balance_decay: gradient-norm
     balancing of the initial-condition weight (`ICBalancer`; balance_every 0: off);
     curriculum: share of the steps over which the collocation times' horizon grows linearly
-    from t_min to T (`Curriculum`; 0: off); lr_schedule: `LRSchedule` from lr to lr_final.
+    from t_min to T (`Curriculum`; 0: off); lr_schedule: `LRSchedule` from lr to lr_final;
+    time_method: how the residual takes d_t s (`scorefpe.operators.TimeMethod`; None: the
+    residual method's own, forward-mode for exact and FP-Diffusion's stencil for estimated).
     """
 
     dataset: str = "gmm2d"
@@ -168,6 +170,7 @@ class CauchyConfig:
     rad_ic: bool = False
     curriculum: float = 0.0
     lr_schedule: str = "cosine"
+    time_method: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "batch_ic", "n_probes", "hidden", "depth", "causal_bins", "rad_pool"):
@@ -205,6 +208,8 @@ class CauchyConfig:
         if isinstance(cu, bool) or not (isinstance(cu, (int, float)) and 0 <= cu <= 1):
             raise ValueError(f"curriculum must lie in [0, 1], got {cu!r}")
         parse_choice(LRSchedule, self.lr_schedule, "lr schedule")
+        if self.time_method is not None:
+            parse_choice(TimeMethod, self.time_method, "time method")
         b = self.balance_decay
         if isinstance(b, bool) or not (isinstance(b, (int, float)) and 0 <= b < 1):
             raise ValueError(f"balance_decay must lie in [0, 1), got {b!r}")
@@ -461,7 +466,7 @@ def cauchy_loss(
     def weighted_residual(x: Tensor, t: Tensor, create_graph: bool) -> Tensor:
         eps = fp_residual(
             score_fn, sde, x, t, method=cfg.residual, n_probes=cfg.n_probes, generator=generator,
-            t_min=cfg.t_min, create_graph=create_graph,
+            t_min=cfg.t_min, create_graph=create_graph, time_method=cfg.time_method,
         )
         w = residual_weight(scale_fn, sde, t, weighting)
         return (w[:, None] ** 2 * eps.pow(2)).sum(-1)
