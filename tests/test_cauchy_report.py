@@ -24,6 +24,7 @@ from scorefpe.cli.main import main
 from scorefpe.data.synthetic import get_dataset
 from scorefpe.experiments.cauchy import CauchyEvalConfig, build_model, load_run_model, run_cauchy
 from scorefpe.experiments.cauchy_report import (
+    log_ratio_tolerance,
     CauchyRunError,
     collect_overlay,
     density_line,
@@ -99,12 +100,24 @@ def test_csv_rows_equal_the_results_json_numbers(runs, tmp_path):
 
 def test_the_figure_has_one_line_per_run_in_every_panel(runs):
     data = collect_overlay(gmm2d_runs(runs), times=(0.001, 0.5, 1.0), n_line=201)
-    fig = plot_seed_overlay(data.runs, data.rows, data.densities, title=data.title)
+    fig = plot_seed_overlay(data.runs, data.rows, data.densities, title=data.title, log_ratio=data.log_ratio)
     try:
         axes = fig.axes
-        assert len(axes) == 4
+        assert len(axes) == 5
         for ax in axes:
             assert len([ln for ln in ax.get_lines() if ln.get_gid() == "run"]) == 3
+        # panel (b): each run's log-ratio error, as log_ratio_error of its model computes it,
+        # and the +- 0.03 / (0.2 * 0.8) band
+        from scorefpe.pinn import log_ratio_error
+
+        ds, sde = get_dataset("gmm2d"), make_sde("ve")
+        for ln, r, row in zip([ln for ln in axes[1].get_lines() if ln.get_gid() == "run"], data.runs, data.rows):
+            m = load_run_model(r.run_dir / "pinn")[0]
+            want = log_ratio_error(m, ds.score_fn(sde), sde, ds.truth.means, torch.tensor(r.t_grid, dtype=torch.float64))
+            assert list(ln.get_xdata()) == list(r.t_grid)
+            assert list(ln.get_ydata()) == pytest.approx(want[:, 0].tolist(), rel=1e-12, abs=1e-12)
+            assert row["log_ratio_err_t_min"] == pytest.approx(abs(float(want[0, 0])), rel=1e-12)
+        assert log_ratio_tolerance((0.2, 0.8)) == pytest.approx(0.1875, rel=1e-12)
         labels = [ln.get_label() for ln in axes[0].get_lines() if ln.get_gid() == "run"]
         for lab, row in zip(labels, data.rows):
             # seed, band mean and the first mode's learned weight of each sampler

@@ -25,7 +25,8 @@ FIGURE_NAME = "seed_overlay.png"  # the CSV is seed_overlay.csv beside it
               callback=output_dir, help=f"Folder for {FIGURE_NAME} and seed_overlay.csv (made if missing).")
 @threads_option
 def cauchy_report(run_dirs, model, times, line_points, out) -> None:
-    """Score error over t per run and the learned vs true density at three times, for RUN_DIRS
+    """Score error over t per run, the error of the log mass ratio between neighbouring modes
+    over t (mixtures of 2-3 modes), and the learned vs true density at three times, for RUN_DIRS
     of one data set and SDE (e.g. the seeds of one `scorefpe cauchy` setting)."""
     from scorefpe.experiments.cauchy_report import CauchyRunError, seed_overlay
 
@@ -43,6 +44,9 @@ def cauchy_report(run_dirs, model, times, line_points, out) -> None:
             line += f"; mode-1 weight EM {row['w_em_0']:.3f}" + (f" ODE {row['w_ode_0']:.3f}" if "w_ode_0" in row else "")
         slices = [(k[len("slice_w1_t"):], v) for k, v in row.items()
                   if k.startswith("slice_w1_t") and not k.startswith("slice_w1_true")]
+        if "log_ratio_err_t_min" in row:
+            line += (f"; |log mass-ratio error| {row['log_ratio_err_t_min']:.3f} at t_min, "
+                     f"max {row['log_ratio_err_max_band']:.3f} over the band")
         if slices:
             line += "; slice mass of mode 1 " + ", ".join(
                 f"t={t} {v:.3f} (true {row['slice_w1_true_t' + t]:.3f})" for t, v in slices)

@@ -3,7 +3,9 @@ directories of the same data set and SDE (typically the seeds of one setting).
 
 The figure has (a) the q_t-weighted relative score error over t, one line per run, read from
 each run's results.json (no recomputation), with the 5 % target and the band t in [0.05, 1]
-that the targets average over; and (b) the learned vs the true density q_t at a few times, one
+that the targets average over; for mixtures of 2-3 modes, (b) the error of the log mass ratio
+between neighbouring modes that each run's score implies, over t (`log_ratio_error`: where a run
+gains or loses the mode weights); and (c) the learned vs the true density q_t at a few times, one
 panel per time, every run overlaid on the exact density. In 2-D the density is shown on a line
 (`density_line`): the slice through the two component centres farthest apart, which for gmm2d's two
 isotropic modes of equal covariance is itself a two-mode mixture with the data's weights 0.2 /
@@ -18,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -32,9 +34,11 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 BAND = (0.05, 1.0)  # the t range of the targets' mean score error (evaluate_model's uniform grid)
 TARGET_ERROR = 0.05  # the 5 % target on the mean relative score error
 WEIGHT_TOLERANCE = 0.03  # the mode-weight target: every weight within 0.03 of the data's
+MAX_PAIRS = 2  # log-ratio panel for mixtures of up to 3 modes (gmm2d, gmm1d); more would not be legible
 
 __all__ = [
     "BAND",
+    "MAX_PAIRS",
     "TARGET_ERROR",
     "WEIGHT_TOLERANCE",
     "CauchyRunError",
@@ -48,6 +52,7 @@ __all__ = [
     "default_times",
     "density_line",
     "line_log_density",
+    "log_ratio_tolerance",
     "mass_below",
     "overlay_rows",
     "plot_seed_overlay",
@@ -354,21 +359,31 @@ def _label(run: SeedRun, row: dict[str, Any], extra: str) -> str:
     return lab
 
 
+def log_ratio_tolerance(weights: Sequence[float], tol: float = WEIGHT_TOLERANCE) -> float:
+    """The error of log(pi_2 / pi_1) that moves the first of two weights by ``tol``:
+    d pi_1 = -pi_1 pi_2 d log(pi_2 / pi_1), so tol / (pi_1 pi_2) (gmm2d: 0.03 / 0.16 = 0.19)."""
+    return tol / (weights[0] * weights[1])
+
+
 def plot_seed_overlay(runs: Sequence[SeedRun], rows: Sequence[dict[str, Any]],
                       densities: Sequence[tuple[float, DensityLine, tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]],
-                      *, band: tuple[float, float] = BAND, title: str = "") -> Any:
+                      *, band: tuple[float, float] = BAND, title: str = "",
+                      log_ratio: Sequence[Tensor] = ()) -> Any:
     """The figure of `seed_overlay` (returned open, not saved): panel (a) the relative score
     error (%) over t, one line per run labelled with its seed, band mean and (gmm2d-like, two
     modes) the learned weight of the first mode per sampler, a dotted 5 % line and the shaded
     band; then one panel per entry of ``densities`` = (t, line, true (s, p), [per run (s, p)]):
-    the exact density (black, dashed) and each run's in the run's colour. Every run line has
-    gid "run" (so a caller can count them)."""
+    the exact density (black, dashed) and each run's in the run's colour. With ``log_ratio``
+    (per run (T, K - 1), `log_ratio_error` on the run's t grid) a panel after (a) shows it over
+    t, one line per run and pair (pairs told apart by line style), and for two modes the band
+    +- `log_ratio_tolerance` (an error inside it moves the weights by less than 0.03). Every
+    run line has gid "run" (so a caller can count them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = 1 + len(densities)
+    n = 1 + len(densities) + (1 if log_ratio else 0)
     fig, ax = plt.subplots(1, n, figsize=(5.2 + 3.6 * (n - 1), 4.2), squeeze=False)
     ax = ax[0]
     extras = _run_extras(runs)
@@ -388,7 +403,24 @@ def plot_seed_overlay(runs: Sequence[SeedRun], rows: Sequence[dict[str, Any]],
     head = "seed: mean over band" + (f", mode-1 weight (data {target[0]:g})" if target is not None and len(target) == 2
                                       else "")
     ax[0].legend(fontsize=7, title=head, title_fontsize=7, loc="upper left")
-    for a, (t, dl, (s_true, p_true), learned) in zip(ax[1:], densities):
+    dens_axes = ax[1:]
+    if log_ratio:
+        b = ax[1]
+        dens_axes = ax[2:]
+        styles = ["-", "--", ":"]
+        for r, lr, c in zip(runs, log_ratio, colours):
+            for k in range(lr.shape[1]):
+                (line,) = b.plot(r.t_grid, lr[:, k].numpy(), styles[k % 3], color=c, lw=1.1)
+                line.set_gid("run")
+        if target is not None and len(target) == 2:
+            tol = log_ratio_tolerance(target)
+            b.axhspan(-tol, tol, color="0.9", zorder=0, label=f"+-{tol:.2f}: weights within {WEIGHT_TOLERANCE:g}")
+            b.legend(fontsize=7, loc="lower left")
+        b.axhline(0.0, color="k", lw=0.8)
+        b.set(xlabel="t", ylabel="error of log(pi_k+1 / pi_k) implied by s~", xlim=(0, 1.0),
+              title="(b) log mass-ratio error between neighbouring modes")
+        b.grid(alpha=0.3)
+    for a, (t, dl, (s_true, p_true), learned) in zip(dens_axes, densities):
         for (s, p), c in zip(learned, colours):
             (line,) = a.plot(s.numpy(), p.numpy(), color=c, lw=1.1, alpha=0.85)
             line.set_gid("run")
@@ -399,7 +431,7 @@ def plot_seed_overlay(runs: Sequence[SeedRun], rows: Sequence[dict[str, Any]],
         a.grid(alpha=0.3)
     if densities:
         title = (title + "\n" if title else "") + (
-            f"(b) density on the {densities[0][1].what}: true q_t (dashed) vs learned "
+            f"({'c' if log_ratio else 'b'}) density on the {densities[0][1].what}: true q_t (dashed) vs learned "
             "(exp of the learned score's line integral), normalised on the shown range")
     if title:
         fig.suptitle(title, fontsize=9)
@@ -422,13 +454,15 @@ def _run_extras(runs: Sequence[SeedRun]) -> list[str]:
 
 @dataclass(frozen=True)
 class OverlayData:
-    """Everything `plot_seed_overlay` draws: the runs, their CSV rows (`overlay_rows`), and per
-    time (t, line, true (s, p), [per run (s, p)])."""
+    """Everything `plot_seed_overlay` draws: the runs, their CSV rows (`overlay_rows`), per
+    time (t, line, true (s, p), [per run (s, p)]), and for mixtures of at most `MAX_PAIRS` + 1
+    modes each run's `log_ratio_error` on its t grid."""
 
     runs: list[SeedRun]
     rows: list[dict[str, Any]]
     densities: list[tuple[float, DensityLine, tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]]
     title: str
+    log_ratio: list[Tensor] = field(default_factory=list)  # per run (T, K - 1) on its t grid; [] if not drawn
 
 
 @dataclass(frozen=True)
@@ -463,7 +497,9 @@ def collect_overlay(run_dirs: Sequence[str | Path], *, times: Sequence[float] | 
     true density's mass below the centres' midpoint, `mass_below`), and the densities at ``times``
     (default `default_times`) from each run's ``model`` loaded by `load_run_model` (the
     evaluated weights: EMA where the run kept one) through `line_log_density` on
-    `density_line` with n_line points, next to `true_line_density`.
+    `density_line` with n_line points, next to `true_line_density`; for mixtures of 2 to
+    MAX_PAIRS + 1 modes each run's `log_ratio_error` on its t grid, with its largest |.| at
+    t_min and over the band in the row (log_ratio_err_t_min, log_ratio_err_max_band).
 
     Cost: per run, one model load and len(times) score evaluations on n_line points; the data
     sampling of `density_line` once per time.
@@ -505,9 +541,21 @@ def collect_overlay(run_dirs: Sequence[str | Path], *, times: Sequence[float] | 
         for row, (s_run, p_run) in zip(rows, learned):
             row[f"slice_w1_t{t:g}"] = mass_below(s_run, p_run, dl.split)
             row[f"slice_w1_true_t{t:g}"] = mass_below(s_true, p_true, dl.split)
+    log_ratio = []
+    means = getattr(dataset.truth, "means", None) if dataset.has_score else None
+    if means is not None and 2 <= means.shape[0] <= MAX_PAIRS + 1:
+        from scorefpe.pinn.evaluate import log_ratio_error
+
+        true = dataset.score_fn(sde)
+        for r, m, row in zip(runs, models, rows):
+            lr = log_ratio_error(m, true, sde, means, torch.tensor(r.t_grid, dtype=torch.float64))
+            log_ratio.append(lr)
+            inband = [i for i, t in enumerate(r.t_grid) if band[0] - 1e-9 <= t <= band[1] + 1e-9]
+            row["log_ratio_err_t_min"] = float(lr[0].abs().max())
+            row["log_ratio_err_max_band"] = float(lr[inband].abs().max()) if inband else math.nan
     title = (f"scorefpe cauchy, {first.dataset} {first.sde.upper()}, {model}: {len(runs)} runs "
              f"({first.config.get('steps')} steps)")
-    return OverlayData(runs=runs, rows=rows, densities=densities, title=title)
+    return OverlayData(runs=runs, rows=rows, densities=densities, title=title, log_ratio=log_ratio)
 
 
 def seed_overlay(run_dirs: Sequence[str | Path], out_png: str | Path, *,
@@ -525,7 +573,8 @@ def seed_overlay(run_dirs: Sequence[str | Path], out_png: str | Path, *,
         CauchyRunError, ValueError: from `collect_overlay` (nothing written).
     """
     data = collect_overlay(run_dirs, times=times, model=model, n_line=n_line, band=band)
-    fig = plot_seed_overlay(data.runs, data.rows, data.densities, band=band, title=data.title)
+    fig = plot_seed_overlay(data.runs, data.rows, data.densities, band=band, title=data.title,
+                            log_ratio=data.log_ratio)
     out_png = Path(out_png)
     out_csv = out_png.with_suffix(".csv")
     out_png.parent.mkdir(parents=True, exist_ok=True)
