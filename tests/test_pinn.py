@@ -339,7 +339,7 @@ SMALL = ["--hidden", "16", "--depth", "2", "--batch-size", "32", "--ic-batch-siz
         (["--init", "dsm", "--precond", "local"], "exact initial score"),
         (["--collocation", "mixed", "--uniform-fraction", "0"], "--uniform-fraction"),
         (["--collocation", "mixed", "--uniform-fraction", "1.2"], "--uniform-fraction"),
-        (["--uniform-fraction", "0.25"], "--collocation mixed"),
+        (["--collocation", "data", "--uniform-fraction", "0.25"], "--collocation mixed"),
         (["--t-sampling", "log"], "log"),
     ],
 )

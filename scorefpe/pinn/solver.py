@@ -110,6 +110,10 @@ class Objective(str, Enum):
 class CauchyConfig:
     """Resolved options of one run (saved as config.json beside the checkpoints).
 
+    The field defaults are the paper's setting (data collocation, no adaptive collocation);
+    `scorefpe cauchy`'s own defaults are the setting measured best in docs/results/cauchy.md
+    (sde ve, collocation mixed, rad_every 50, rad_k 0.5).
+
     steps: optimiser steps; batch: collocation points per step; batch_ic: initial-condition
     points per step; lr: peak Adam step size (cosine decay to lr_final); ic_weight: lambda_0;
     residual: exact or estimated residual; n_probes: Hutchinson probes (estimated only);
