@@ -191,7 +191,7 @@ def test_initial_condition_pool_needs_the_collocation_pool_and_the_exact_score(t
     with pytest.raises(ValueError, match="rad_ic"):
         CauchyConfig(rad_ic=1)
     out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["cauchy", "--rad-every", "0", "--rad-ic", "--out", str(out)])
+    res = CliRunner().invoke(main, ["cauchy", "--rad-ic", "--out", str(out)])
     assert res.exit_code == 2 and "rad_every" in res.output, res.output
     assert not out.exists()
 
@@ -359,14 +359,15 @@ def test_config_and_cli_reject_bad_curriculum_and_schedule(tmp_path):
 
 
 def test_the_command_defaults_are_the_measured_setting(tmp_path):
-    """`scorefpe cauchy` without options trains VE with mixed collocation and RAD every 50
-    steps with k 0.5 (docs/results/cauchy.md), while CauchyConfig keeps the paper's defaults."""
+    """`scorefpe cauchy` without options trains VE with mixed collocation, a quarter of the
+    points uniform, no adaptive collocation (docs/results/cauchy.md), while CauchyConfig keeps
+    the paper's defaults."""
     out = tmp_path / "run"
     small = ["--hidden", "16", "--depth", "2", "--batch-size", "32", "--ic-batch-size", "32", "--no-baseline"]
     res = CliRunner().invoke(main, ["cauchy", *small, "--steps", "2", "--stop-after", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     saved = json.loads((out / "pinn" / "config.json").read_text())
-    assert [saved[k] for k in ("sde", "collocation", "rad_every", "rad_k", "rad_c", "steps", "residual")] == \
-        ["ve", "mixed", 50, 0.5, 1.0, 2, "exact"]
+    assert [saved[k] for k in ("sde", "collocation", "uniform_fraction", "rad_every", "steps", "residual")] == \
+        ["ve", "mixed", 0.25, 0, 2, "exact"]
     paper = CauchyConfig()
     assert (paper.collocation, paper.rad_every) == ("data", 0)

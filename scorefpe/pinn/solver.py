@@ -112,7 +112,7 @@ class CauchyConfig:
 
     The field defaults are the paper's setting (data collocation, no adaptive collocation);
     `scorefpe cauchy`'s own defaults are the setting measured best in docs/results/cauchy.md
-    (sde ve, collocation mixed, rad_every 50, rad_k 0.5).
+    (sde ve, collocation mixed, uniform_fraction 0.25).
 
     steps: optimiser steps; batch: collocation points per step; batch_ic: initial-condition
     points per step; lr: peak Adam step size (cosine decay to lr_final); ic_weight: lambda_0;
